@@ -1,0 +1,62 @@
+"""``eager``: the model itself in eval + inference mode. The reference every other backend is checked against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner,
+                       UnsupportedError, hookimpl)
+from motorpool.torchutil import TorchRunner, export_program, place, torch_availability
+
+ARTIFACT = "model.pt2"
+
+
+class EagerRunner(TorchRunner, Runner):
+    def __init__(self, module, *, spec, device: str, precision: str, exported=None):
+        self._init_torch(module, device=device, precision=precision, info={"runtime": "eager PyTorch"})
+        self._spec = spec
+        self._exported = exported
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        program = self._exported
+        if program is None:
+            try:
+                program = export_program(self.module, self._spec, device=self.device)
+            except Exception as exc:  # noqa: BLE001 - the exporter's reason is the answer
+                raise UnsupportedError(
+                    f"cannot save an eager engine: torch.export cannot capture this model "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Save a "
+                    f"torchscript or onnxruntime engine instead, or make the model exportable",
+                    backend="eager") from exc
+        torch.export.save(program, directory / ARTIFACT)
+        return {"file": ARTIFACT, "format": "torch.export"}
+
+
+class EagerBackend(Backend):
+    name = "eager"
+    description = "the model itself, in eval and inference mode (the reference)"
+    capabilities = Capabilities(
+        devices=("cpu", "cuda", "mps"), precisions=frozenset({"fp32"}), dynamic_batch=True, dynamic_shapes=True,
+        thread_safe=True, serializable=True, compile_cost="none", priority={"*": 90},
+    )
+
+    def availability(self) -> Availability:
+        return torch_availability()
+
+    def compile(self, model: torch.nn.Module, example_inputs: tuple, options: CompileOptions) -> Runner:
+        return EagerRunner(place(model, options.device), spec=options.spec, device=options.device,
+                           precision=options.precision)
+
+    def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
+        program = torch.export.load(directory / metadata.get("file", ARTIFACT))
+        module = program.module().to(options.device)
+        return EagerRunner(module, spec=options.spec, device=options.device, precision=options.precision,
+                           exported=program)
+
+
+@hookimpl
+def motorpool_register_backends():
+    return [BackendRecord(EagerBackend)]

@@ -1,0 +1,5 @@
+import sys
+
+from motorpool.cli import main
+
+sys.exit(main())

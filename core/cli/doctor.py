@@ -1,0 +1,56 @@
+"""``motorpool doctor``: this machine's hardware and every registered backend: can it run, why not, how to fix."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="show hardware and every backend's status")
+    p.add_argument("--json", action="store_true", help="machine-readable output (for CI)")
+    p.set_defaults(func=run)
+
+
+def collect() -> dict:
+    from motorpool import __version__, hardware, list_backends
+    from motorpool.registry import get_registry
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = list_backends()
+    skipped = [{"plugin": p, "distribution": d, "reason": r} for p, d, r in get_registry().skipped]
+    return {
+        "motorpool": __version__,
+        "hardware": hardware.detect().to_dict(),
+        "backends": [r.to_dict() for r in rows],
+        "skipped_plugins": skipped,
+        "warnings": sorted({str(w.message) for w in caught}),
+    }
+
+
+def run(args) -> int:
+    data = collect()
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    hw = data["hardware"]
+    cpu = hw["cpu"]
+    print(f"motorpool {data['motorpool']}")
+    print(f"CPU      {cpu['model']} ({cpu['vendor']}, {cpu['arch']}, {cpu['cores']} cores)")
+    print(f"ISA      {' '.join(cpu['features']) or '-'}")
+    gpus = hw["gpus"]
+    print("GPUs     " + ("; ".join(f"{g['kind']}:{g['index']} {g['name']}"
+                                   + (f" sm{g['capability']} {g['memory_gb']} GiB" if g.get("capability") else "")
+                                   for g in gpus) or "none (no CUDA device, no Apple GPU)"))
+    print(f"class    {hw['hardware_class']}   fingerprint {hw['fingerprint']}")
+    print()
+    print(f"{'backend':14s} {'status':20s} {'version':22s} {'devices':18s} notes")
+    for b in data["backends"]:
+        status = "available" if b["available"] else b["status"] + (" (export)" if b["can_export"] else "")
+        notes = b["reason"] + (f"  fix: {b['fix']}" if b["fix"] else "")
+        print(f"{b['name']:14s} {status:20s} {str(b['version'] or '-')[:22]:22s} "
+              f"{','.join(b['devices']) or '-':18s} {notes}")
+    for s in data["skipped_plugins"]:
+        print(f"skipped plugin {s['plugin']!r} from {s['distribution']}: {s['reason']}")
+    return 0

@@ -1,0 +1,47 @@
+"""What an engine reports about itself and about how it was chosen."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Candidate:
+    """One backend tried by compile: what happened to it and its figures."""
+
+    backend: str
+    status: str  # "chosen", "rejected", "skipped", "verified"
+    reason: str = ""
+    device: str | None = None
+    compile_time_s: float | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    backend: str
+    device: str
+    precision: str
+    compile_time_s: float | None = None
+    load_time_s: float | None = None
+    verification: dict[str, Any] | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"backend={self.backend} device={self.device} precision={self.precision}"]
+        if self.compile_time_s is not None:
+            lines.append(f"compile time {self.compile_time_s:.2f}s")
+        if self.load_time_s is not None:
+            lines.append(f"load time {self.load_time_s:.2f}s")
+        v = self.verification
+        if v:
+            lines.append(f"verified: {len(v.get('checks', []))} checks, max abs err {v.get('max_abs_err', 0):.3g}, "
+                         f"min cosine {v.get('min_cosine', 1):.6f}")
+        for c in self.candidates:
+            lines.append(f"  {c.backend:14s} {c.status:9s} {c.reason}")
+        return "\n".join(lines)
