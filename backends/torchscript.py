@@ -7,12 +7,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils._pytree
 
 from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions, Runner,
                        hookimpl)
 from motorpool.torchutil import TorchRunner, place, torch_availability
 
 ARTIFACT = "model.ts"
+
+
+class _FlatOutputs(torch.nn.Module):
+    """Returns the model's outputs flattened in pytree order: the tracer cannot type nested dicts/tuples,
+    and the Engine re-nests the flat list with the model's own output structure anyway."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        return tuple(torch.utils._pytree.tree_flatten(self.model(*inputs))[0])
 
 
 class TorchScriptRunner(TorchRunner, Runner):
@@ -47,7 +60,7 @@ class TorchScriptBackend(Backend):
         with warnings.catch_warnings(record=True) as caught, torch.no_grad():
             warnings.simplefilter("always", torch.jit.TracerWarning)
             try:
-                traced = torch.jit.trace(model, example_inputs, check_trace=False, strict=False)
+                traced = torch.jit.trace(_FlatOutputs(model).eval(), example_inputs, check_trace=False, strict=False)
             except Exception as exc:
                 raise CompileError(f"torch.jit.trace failed: {type(exc).__name__}: {exc}",
                                    backend=self.name) from exc

@@ -1,0 +1,23 @@
+import os
+import tempfile
+
+import pytest
+
+# The suite must never read or pollute a user's caches: every cache motorpool keeps goes to a temporary dir.
+_CACHE = tempfile.mkdtemp(prefix="motorpool-test-cache-")
+os.environ["MOTORPOOL_CACHE"] = _CACHE
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """A registry of its own for one test, with autoload off unless the test turns it on."""
+    import motorpool
+    from motorpool.registry import set_registry
+
+    monkeypatch.setenv("MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD", "1")
+    reg = motorpool.Registry()
+    previous = set_registry(reg)
+    yield reg
+    set_registry(previous)
