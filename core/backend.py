@@ -52,9 +52,6 @@ class Availability:
     def available(self) -> bool:
         return self.status is Status.AVAILABLE
 
-    def __bool__(self) -> bool:  # `if backend.availability():` reads naturally
-        return self.available
-
     @classmethod
     def ok(cls, *, version: str | None, devices: Sequence[str], versions: Mapping[str, str] | None = None,
            reason: str = "") -> "Availability":
