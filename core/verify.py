@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .errors import VerificationError
+from .errors import CompileError, VerificationError
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,19 @@ def verify(reference: Callable[[list[torch.Tensor]], list[Any]], candidate: Call
     tol = tolerance_for(precision)
     checks = []
     for label, inputs in cases:
-        figures = compare(reference(inputs), candidate(inputs), tol)
+        try:
+            expected = reference(inputs)
+        except Exception as exc:  # the spec promises inputs the model itself cannot take
+            raise CompileError(
+                f"the model itself fails on {label} inputs drawn from its spec "
+                f"({type(exc).__name__}: {exc}); if a dimension is not really dynamic, say so "
+                f"(dynamic_batch=False or dynamic_dims)", backend=backend) from exc
+        try:
+            got = candidate(inputs)
+        except Exception as exc:  # noqa: BLE001 - an engine that cannot run a valid input fails the check
+            figures = {"passed": False, "problem": f"the engine raised {type(exc).__name__}: {exc}"}
+        else:
+            figures = compare(expected, got, tol)
         figures["check"] = label
         checks.append(figures)
     result = {

@@ -11,6 +11,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="cnn", choices=["cnn", "mlp", "encoder"], help="which built-in model")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seconds", type=float, default=1.0, help="timing budget per backend")
+    p.add_argument("--backends", default=None, help="comma-separated backends to try (default: every registered)")
     p.set_defaults(func=run)
 
 
@@ -39,7 +40,10 @@ def run(args) -> int:
     print(f"model: {case.name} ({case.description}), batch {args.batch}, inputs "
           + ", ".join(f"{tuple(x.shape)}" for x in examples))
     rows, eager_p50 = [], None
+    wanted = set(args.backends.split(",")) if args.backends else None
     for info in motorpool.list_backends():
+        if wanted is not None and info.name not in wanted:
+            continue
         if not info.available:
             rows.append((info.name, "unavailable", info.reason, None, None, None, None))
             continue
