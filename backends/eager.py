@@ -9,14 +9,16 @@ import torch
 
 from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner,
                        UnsupportedError, hookimpl)
+from motorpool.quantize import prepare_torch_precision
 from motorpool.torchutil import TorchRunner, export_program, place, torch_availability
 
 ARTIFACT = "model.pt2"
 
 
 class EagerRunner(TorchRunner, Runner):
-    def __init__(self, module, *, spec, device: str, precision: str, exported=None):
-        self._init_torch(module, device=device, precision=precision, info={"runtime": "eager PyTorch"})
+    def __init__(self, module, *, spec, device: str, precision: str, exported=None, info=None):
+        self._init_torch(module, device=device, precision=precision,
+                         info={"runtime": "eager PyTorch", **(info or {})})
         self._spec = spec
         self._exported = exported
 
@@ -39,16 +41,20 @@ class EagerBackend(Backend):
     name = "eager"
     description = "the model itself, in eval and inference mode (the reference)"
     capabilities = Capabilities(
-        devices=("cpu", "cuda", "mps"), precisions=frozenset({"fp32"}), dynamic_batch=True, dynamic_shapes=True,
-        thread_safe=True, serializable=True, compile_cost="none", priority={"*": 90},
+        devices=("cpu", "cuda", "mps"), precisions=frozenset({"fp32", "fp16", "bf16", "int8"}), dynamic_batch=True,
+        dynamic_shapes=True,
+        thread_safe=True, serializable=True, compile_cost="none", priority={"apple": 20, "*": 90},
     )
 
     def availability(self) -> Availability:
         return torch_availability()
 
     def compile(self, model: torch.nn.Module, example_inputs: tuple, options: CompileOptions) -> Runner:
-        return EagerRunner(place(model, options.device), spec=options.spec, device=options.device,
-                           precision=options.precision)
+        # fp16/bf16 cast the weights; int8 is torch.ao dynamic, or FX static with calibration= (core/quantize.py)
+        prepared = prepare_torch_precision(place(model, options.device), example_inputs, options,
+                                           backend=self.name)
+        return EagerRunner(prepared.module, spec=options.spec, device=options.device, precision=options.precision,
+                           info=prepared.info)
 
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         program = torch.export.load(directory / metadata.get("file", ARTIFACT))

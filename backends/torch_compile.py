@@ -13,9 +13,12 @@ import torch
 
 from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions, Runner,
                        UnsupportedError, hookimpl)
-from motorpool.torchutil import TorchRunner, export_program, place, torch_availability
+from motorpool.quantize import prepare_torch_precision
+from motorpool.torchutil import TorchRunner, export_program, fp32_strict, place, torch_availability
 
 ARTIFACT = "model.pt2"
+#: Inductor's compiled kernels (torch.compiler.save_cache_artifacts), loaded before recompiling: cuts cold start
+INDUCTOR_CACHE = "inductor_cache.bin"
 
 
 def _compile_and_warm(module: torch.nn.Module, spec, *, device: str, mode: str | None) -> Any:
@@ -26,7 +29,8 @@ def _compile_and_warm(module: torch.nn.Module, spec, *, device: str, mode: str |
         for axis, d in enumerate(t.shape):
             if isinstance(d, str):
                 torch._dynamo.mark_dynamic(x, axis)
-    with torch.inference_mode():
+    # Inductor picks its matmul kernels while compiling: keep TF32 off then too (a no-op off CUDA)
+    with torch.inference_mode(), fp32_strict(device):
         compiled(*warm)
         if spec.has_dynamic_batch:  # size 1 is specialised by dynamo; build that graph now, not on a call
             compiled(*spec.random_inputs(sizes={**sizes, "batch": 1}, device=device))
@@ -53,15 +57,41 @@ class TorchCompileRunner(TorchRunner, Runner):
                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                     backend="torch_compile") from exc
         torch.export.save(program, directory / ARTIFACT)
-        return {"file": ARTIFACT, "format": "torch.export", "mode": self.info.get("mode")}
+        meta = {"file": ARTIFACT, "format": "torch.export", "mode": self.info.get("mode")}
+        # The kernels only match what load compiles (the exported program's module) when this runner ran
+        # that same module: compile() runs it whenever torch.export can capture the model.
+        if self._exported is not None:
+            saved = torch.compiler.save_cache_artifacts()
+            if saved:
+                (directory / INDUCTOR_CACHE).write_bytes(saved[0])
+                meta["inductor_cache"] = INDUCTOR_CACHE
+        return meta
+
+
+def _trusted(directory: Path) -> bool:
+    """Whether Inductor's saved kernels may be loaded from ``directory``.
+
+    ``torch.compiler.load_cache_artifacts`` unpickles, and motorpool.load reads no pickle from a directory it
+    was handed. Inside motorpool's own artifact cache (a directory private to this user, written only by
+    motorpool) the bytes are ours, so there they are loaded; elsewhere the program is recompiled from the
+    ``.pt2`` alone.
+    """
+    from motorpool.artifact_cache import cache_dir
+
+    try:
+        directory.resolve().relative_to(cache_dir(create=False).resolve())
+    except ValueError:
+        return False
+    return True
 
 
 class TorchCompileBackend(Backend):
     name = "torch_compile"
     description = "torch.compile (Inductor)"
     capabilities = Capabilities(
-        devices=("cpu", "cuda"), precisions=frozenset({"fp32"}), dynamic_batch=True, dynamic_shapes=True,
-        thread_safe=False, serializable=True, compile_cost="high", priority={"*": 50, "nvidia": 20},
+        devices=("cpu", "cuda"), precisions=frozenset({"fp32", "fp16", "bf16", "int8"}), dynamic_batch=True,
+        dynamic_shapes=True, thread_safe=False, serializable=True, compile_cost="high",
+        priority={"*": 50, "nvidia": 20},
     )
 
     def availability(self) -> Availability:
@@ -71,18 +101,29 @@ class TorchCompileBackend(Backend):
 
     def compile(self, model: torch.nn.Module, example_inputs: tuple, options: CompileOptions) -> Runner:
         mode = options.extra.get("mode")
-        source = place(model, options.device)
+        # int8 goes through PT2E (torchao), whose q/dq graph Inductor lowers to fused int8 kernels
+        prepared = prepare_torch_precision(place(model, options.device), example_inputs, options,
+                                           backend=self.name, pt2e=True)
+        source = prepared.module
+        try:  # compile what load will compile (the exported module), so saved Inductor kernels match it
+            exported = export_program(source, options.spec, device=options.device)
+            source = exported.module()
+        except Exception:  # noqa: BLE001 - torch.compile may still handle what torch.export cannot
+            exported = None
         try:
             compiled = _compile_and_warm(source, options.spec, device=options.device, mode=mode)
         except Exception as exc:
             raise CompileError(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:2000]}",
                                backend=self.name) from exc
         return TorchCompileRunner(compiled, source, spec=options.spec, device=options.device,
-                                  precision=options.precision, info={"runtime": "Inductor", "mode": mode})
+                                  precision=options.precision, exported=exported,
+                                  info={"runtime": "Inductor", "mode": mode, **prepared.info})
 
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         program = torch.export.load(directory / metadata.get("file", ARTIFACT))
         module = program.module().to(options.device)
+        if metadata.get("inductor_cache") and _trusted(directory):
+            torch.compiler.load_cache_artifacts((directory / metadata["inductor_cache"]).read_bytes())
         compiled = _compile_and_warm(module, options.spec, device=options.device, mode=metadata.get("mode"))
         return TorchCompileRunner(compiled, module, spec=options.spec, device=options.device,
                                   precision=options.precision, exported=program,

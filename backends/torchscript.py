@@ -11,6 +11,7 @@ import torch.utils._pytree
 
 from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions, Runner,
                        hookimpl)
+from motorpool.quantize import prepare_torch_precision
 from motorpool.torchutil import TorchRunner, place, torch_availability
 
 ARTIFACT = "model.ts"
@@ -41,8 +42,9 @@ class TorchScriptBackend(Backend):
     name = "torchscript"
     description = "torch.jit.trace + freeze"
     capabilities = Capabilities(
-        devices=("cpu", "cuda"), precisions=frozenset({"fp32"}), dynamic_batch=True, dynamic_shapes=True,
-        thread_safe=True, serializable=True, compile_cost="low", priority={"*": 60, "nvidia": 60},
+        devices=("cpu", "cuda"), precisions=frozenset({"fp32", "fp16", "bf16", "int8"}), dynamic_batch=True,
+        dynamic_shapes=True, thread_safe=True, serializable=True, compile_cost="low",
+        priority={"*": 60, "nvidia": 60},
     )
 
     def availability(self) -> Availability:
@@ -53,8 +55,11 @@ class TorchScriptBackend(Backend):
                                versions=av.versions)
 
     def compile(self, model: torch.nn.Module, example_inputs: tuple, options: CompileOptions) -> Runner:
-        model = place(model, options.device)
-        info: dict[str, Any] = {"runtime": "TorchScript"}
+        # the precision's transform (cast weights, torch.ao int8) is traced in with the model
+        prepared = prepare_torch_precision(place(model, options.device), example_inputs, options,
+                                           backend=self.name)
+        model = prepared.module
+        info: dict[str, Any] = {"runtime": "TorchScript", **prepared.info}
         # Tracing records one path through the model; a tracer that cannot check its own trace (dict
         # outputs, data-dependent shapes) is not a failure: motorpool verifies the numerics itself.
         with warnings.catch_warnings(record=True) as caught, torch.no_grad():

@@ -179,6 +179,18 @@ class Runner(abc.ABC):
         Raise :class:`~motorpool.UnsupportedError` if this runner cannot be serialized, saying why.
         """
 
+    def profile_operators(self, inputs: list[Any], *, top: int = 10, calls: int = 5) -> list[Any]:
+        """Run ``inputs`` (flat, native kind) ``calls`` times under the backend's own profiler.
+
+        Returns up to ``top`` :class:`motorpool.profile.OperatorStat`, the most time first (see
+        ``motorpool profile``). Optional: a runner without a profiler keeps this default, which raises
+        :class:`~motorpool.UnsupportedError`.
+        """
+        from .errors import UnsupportedError
+
+        raise UnsupportedError(f"{type(self).__name__} has no operator profiler; motorpool profile still "
+                               "splits each call into input conversion, backend and output conversion")
+
 
 @dataclass(frozen=True)
 class BackendRecord:
@@ -215,6 +227,24 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         """Load what :meth:`Runner.save` wrote. ``metadata`` is what ``save`` returned."""
+
+    def export(self, model: "torch.nn.Module", example_inputs: tuple, options: CompileOptions,
+               directory: Path) -> dict[str, Any]:
+        """Write this backend's artifact into ``directory`` without building a runnable runner.
+
+        For backends whose artifact can be built where it cannot run (``Availability.can_export`` true
+        while not available: a Core ML package built on Linux). ``directory`` exists and is empty; what
+        is written there must be what :meth:`load` reads on a machine that can run it, and the returned
+        dict is the metadata handed back to :meth:`load`. Check there whatever can be checked without
+        running (inputs, outputs, op counts) and put it in the metadata, with ``"static_shapes": True`` when
+        the artifact only takes the examples' shapes (its dynamic dimensions could not be kept); raise
+        :class:`~motorpool.CompileError` when the conversion fails. Backends that can run here are
+        exported by compiling and :meth:`Runner.save`, so the default raises
+        :class:`~motorpool.UnsupportedError`.
+        """
+        from .errors import UnsupportedError
+
+        raise UnsupportedError(f"{self.name} cannot write its artifact without running it here", backend=self.name)
 
     def default_device(self, availability: Availability) -> str:
         """The device ``device="auto"`` means for this backend: the first it sees."""

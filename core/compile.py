@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.utils._pytree as pytree
 
-from . import hardware
+from . import artifact_cache
 from .backend import PRECISIONS, Availability, Backend, CompileOptions
 from .engine import Engine, check_loadable
 from .errors import (ArtifactError, BackendUnavailable, CompileError, MotorpoolError, UnsupportedError,
@@ -20,7 +20,7 @@ from .manifest import ARTIFACT_DIR, read_manifest
 from .registry import get_registry
 from .report import Candidate, Report
 from .spec import InputSpec, as_example_tuple, input_names
-from .torchutil import flatten_outputs
+from .torchutil import flatten_outputs, host_device
 from .verify import verify
 
 #: batch sizes drawn for verification beside the example's own, when the batch is dynamic
@@ -69,29 +69,34 @@ def safe_availability(backend: Backend) -> Availability:
         return Availability.import_failed(backend.name, exc, fix="report this to the backend's authors")
 
 
-def _candidates(backend: str | Sequence[str], precision: str) -> tuple[list[str], bool]:
-    """The backend names to try, in order, and whether the user named exactly one."""
+def _candidates(backend: str | Sequence[str], precision: str, *, spec: InputSpec | None = None,
+                device: str = "auto", model: torch.nn.Module | None = None, objective: str = "p50",
+                candidates: Sequence[str] | None = None) -> tuple[list[str], bool, list[Candidate], dict]:
+    """The backend names to try, in order; whether the user named exactly one; the backends "auto" dropped
+    (with reasons); and how the order was made (for the report)."""
     reg = get_registry()
     if isinstance(backend, str) and backend not in ("auto", "fastest"):
         reg.get(backend)  # an unknown name lists the valid ones
-        return [backend], True
-    if isinstance(backend, str):
-        if backend == "fastest":
-            raise CompileError('backend="fastest" needs motorpool.select (issue: measuring); use "auto" or a name')
-        return rank_auto(precision), False
+        return [backend], True, [], {}
+    if isinstance(backend, str):  # "auto": declared ranking, a measured decision first (motorpool.select)
+        from .select import auto_candidates
+
+        order, skipped, note = auto_candidates(precision, spec=spec, device=device, model=model,
+                                               objective=objective, names=candidates)
+        return order, False, skipped, note
     names = list(backend)
     if not names:
         raise ValueError("backend: an empty list names no backend to try")
     for n in names:
         reg.get(n)
-    return names, False
+    return names, False, [], {}
 
 
 def rank_auto(precision: str) -> list[str]:
-    """Registered backends ranked for this hardware by their declared priority (no timing)."""
-    reg = get_registry()
-    hw_class = hardware.detect().hardware_class
-    return sorted(reg.names(), key=lambda n: (reg.get(n).capabilities.rank_for(hw_class), n))
+    """Available backends ranked for this hardware by their declared priority (no timing)."""
+    from .ranking import rank
+
+    return rank(precision).names
 
 
 def _resolve_device(backend: Backend, av: Availability, device: str) -> str:
@@ -121,6 +126,15 @@ def verification_cases(spec: InputSpec, examples: Sequence[torch.Tensor], *, see
     return cases
 
 
+def _cases(spec: InputSpec, examples, precision: str, calibration) -> list[tuple[str, list[torch.Tensor]]]:
+    """Random inputs of the spec, except for calibrated int8: the calibration data's range (motorpool.quantize)."""
+    if precision == "int8" and calibration is not None:
+        from .quantize import calibrated_cases
+
+        return calibrated_cases(spec, examples, calibration)
+    return verification_cases(spec, examples)
+
+
 def _reference_runner(model: torch.nn.Module):
     def run(inputs: list[torch.Tensor]) -> list[Any]:
         with torch.inference_mode():
@@ -130,7 +144,7 @@ def _reference_runner(model: torch.nn.Module):
 
 def _engine_runner(engine: Engine):
     def run(inputs: list[torch.Tensor]) -> list[Any]:
-        return flatten_outputs(engine(*[x.to(engine.device) for x in inputs]))
+        return flatten_outputs(engine(*[x.to(engine.input_spec.device) for x in inputs]))
     return run
 
 
@@ -138,14 +152,39 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, backend: str | Seque
             device: str = "auto", precision: str = "fp32", dynamic_batch: bool = True,
             dynamic_dims: Mapping[str, Mapping[int, str]] | None = None, input_names: Sequence[str] | None = None,
             verify: bool = True, calibration: Iterable[Any] | None = None,
-            options: Mapping[str, Any] | None = None) -> Engine:
+            options: Mapping[str, Any] | None = None, objective: str = "p50", budget_s: float | None = None,
+            candidates: Sequence[str] | None = None, cache: bool | None = None, gate: Any = None) -> Engine:
     """Compile ``model`` for a backend and return an :class:`Engine` called exactly like the model.
 
     ``backend`` is a name, a list of names to try in order, or ``"auto"`` (ranked by the hardware present).
     The engine is verified against eager PyTorch on the examples and on fresh random inputs; its report
     says what was tried and why each rejected candidate was dropped. A named backend that fails raises
     with the reason; under ``"auto"`` or a list, a failing candidate is skipped.
+
+    ``backend="fastest"`` compiles, verifies and times every candidate (``candidates`` limits them) and
+    keeps the best by ``objective`` (``"p50"``, ``"p99"``, ``"throughput@32"``...; see
+    :func:`motorpool.select`) within ``budget_s`` seconds of timing; the decision is cached on disk, and
+    ``"auto"`` then tries the measured winner first.
+
+    ``cache``: keep compiled artifacts on disk and load instead of compiling when the model, spec, precision,
+    options, backend version and hardware all match (see :mod:`motorpool.artifact_cache`). ``None`` (the
+    default) means on unless ``MOTORPOOL_NO_CACHE=1``; ``report.load_time_s`` is set when it loaded.
+
+    ``gate``: a :class:`motorpool.Gate` run after verification; an engine whose metric drops more than the
+    gate's budget raises :class:`motorpool.GateError` with the figure (skipped under a list/"auto"). With
+    ``precision="auto"`` (which needs a gate) every backend x precision cell is compiled, gated and timed,
+    and the fastest that meets the gate is returned (see :mod:`motorpool.precision_search`).
     """
+    from .quantize import materialize_calibration
+
+    calibration = materialize_calibration(calibration)  # every candidate and the verification see it whole
+    if precision == "auto":
+        from .precision_search import compile_precision_search
+
+        return compile_precision_search(model, example_inputs, backend=backend, device=device, gate=gate,
+                                        dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims,
+                                        input_names=input_names, calibration=calibration, options=options,
+                                        candidates=candidates, cache=cache)
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
     if not isinstance(model, torch.nn.Module):
@@ -161,7 +200,14 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, backend: str | Seque
         kinds = sorted({type(t).__name__ for t in flat_ref if not isinstance(t, torch.Tensor)})
         raise CompileError(f"the model returns non-tensor outputs ({', '.join(kinds)}); motorpool engines "
                            "return tensors in (nested) tuples, lists and dicts")
-    order, single = _candidates(backend, precision)
+    if isinstance(backend, str) and backend == "fastest":  # measure every candidate: motorpool.select
+        from .select import compile_fastest
+
+        return compile_fastest(model, examples, spec, tree, candidates=candidates, device=device,
+                               precision=precision, calibration=calibration, options=options,
+                               objective=objective, budget_s=budget_s, cache=cache, gate=gate)
+    order, single, dropped, how = _candidates(backend, precision, spec=spec, device=device, model=model,
+                                              objective=objective, candidates=candidates)
     reg = get_registry()
     tried: list[Candidate] = []
     last_exc: Exception | None = None
@@ -169,7 +215,8 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, backend: str | Seque
         b = reg.get(name)
         try:
             engine = _compile_one(b, model, examples, spec, tree, device=device, precision=precision,
-                                  calibration=calibration, options=dict(options or {}), do_verify=verify)
+                                  calibration=calibration, options=dict(options or {}), do_verify=verify,
+                                  cache=cache, gate=gate)
         except (MotorpoolError, Exception) as exc:  # noqa: BLE001 - each candidate's failure is a reason
             if single:
                 raise _as_compile_error(exc, name) from exc
@@ -179,9 +226,11 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, backend: str | Seque
             continue
         tried.append(Candidate(name, "chosen", "", device=engine.device, compile_time_s=engine.report.compile_time_s,
                                figures=engine.report.verification or {}))
-        engine.report.candidates = tried
+        engine.report.candidates = tried + dropped
+        if how:
+            engine.report.info["selection"] = how
         return engine
-    reasons = {c.backend: c.reason for c in tried}
+    reasons = {c.backend: c.reason for c in tried + dropped}
     raise CompileError("no backend could compile this model: " +
                        "; ".join(f"{k}: {v}" for k, v in reasons.items()), reasons=reasons) from last_exc
 
@@ -201,7 +250,8 @@ def _as_compile_error(exc: BaseException, name: str) -> BaseException:
 
 
 def _compile_one(b: Backend, model: torch.nn.Module, examples: tuple, spec: InputSpec, tree, *, device: str,
-                 precision: str, calibration, options: dict, do_verify: bool) -> Engine:
+                 precision: str, calibration, options: dict, do_verify: bool, cache: bool | None = None,
+                 gate: Any = None) -> Engine:
     av = safe_availability(b)
     if not av.available:
         raise BackendUnavailable(b.name, av)
@@ -209,28 +259,45 @@ def _compile_one(b: Backend, model: torch.nn.Module, examples: tuple, spec: Inpu
     if problem:
         raise UnsupportedError(problem, backend=b.name)
     dev = _resolve_device(b, av, device)
-    dspec = spec.with_device(dev)
-    dev_examples = tuple(x.to(dev) for x in examples)
+    dspec = spec.with_device(host_device(dev))  # Core ML's "ane" takes host tensors
+    dev_examples = tuple(x.to(dspec.device) for x in examples)
     opts = CompileOptions(device=dev, precision=precision, spec=dspec, calibration=calibration, extra=options)
-    t0 = time.perf_counter()
-    runner = b.compile(model, dev_examples, opts)
-    compile_time = time.perf_counter() - t0
-    info = dict(getattr(runner, "info", {}) or {})
-    info.setdefault("versions", dict(av.versions))
-    report = Report(b.name, runner.device, runner.precision, compile_time_s=compile_time, info=info)
-    engine = Engine(runner, backend=b.name, spec=dspec, output_tree=tree, report=report, backend_version=av.version,
-                    options=options)
-    if do_verify:
-        report.verification = verify(_reference_runner(model), _engine_runner(engine),
-                                     verification_cases(spec, examples), precision, backend=b.name)
+    # the artifact cache (motorpool.artifact_cache): a matching key loads instead of compiling
+    entry = artifact_cache.entry_for(b, av, model, dspec, precision=precision, options=options,
+                                     calibration=calibration, enabled_=cache)
+    engine = entry.load() if entry is not None else None
+    if engine is None:
+        t0 = time.perf_counter()
+        runner = b.compile(model, dev_examples, opts)
+        compile_time = time.perf_counter() - t0
+        info = dict(getattr(runner, "info", {}) or {})
+        info.setdefault("versions", dict(av.versions))
+        report = Report(b.name, runner.device, runner.precision, compile_time_s=compile_time, info=info)
+        engine = Engine(runner, backend=b.name, spec=dspec, output_tree=tree, report=report,
+                        backend_version=av.version, options=options)
+    if do_verify and engine.report.verification is None:
+        engine.report.verification = verify(_reference_runner(model), _engine_runner(engine),
+                                            _cases(spec, examples, precision, calibration), precision,
+                                            backend=b.name)
+    if gate is not None:  # the task metric on the user's data: GateError (with the figure) over budget
+        from .gate import check_after_compile
+
+        check_after_compile(gate, engine, model, backend=b.name)
+    if entry is not None and engine.report.load_time_s is None:
+        entry.store(engine)  # only verified engines reach here: a failed verification raised above
     return engine
 
 
-def load(path: str | Path, *, strict: bool = False, device: str | None = None) -> Engine:
+def load(path: str | Path, *, strict: bool = False, device: str | None = None, verify: bool = False,
+         gate: Any = None) -> Engine:
     """Load an engine that ``Engine.save`` wrote. Reads no pickle; checks every checksum.
 
     If the artifact was made for other hardware or versions, that is said in a warning (or, with
     ``strict=True``, an :class:`ArtifactError`).
+
+    ``verify=True`` re-checks the quality gate the engine was compiled with, on this machine, against the
+    reference outputs stored with it (:class:`motorpool.GateError` if it now fails). A custom metric's
+    function is not stored: pass the gate again as ``gate=`` (which also re-checks).
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -246,7 +313,7 @@ def load(path: str | Path, *, strict: bool = False, device: str | None = None) -
         warnings.warn("; ".join(notes), stacklevel=2)
     spec = InputSpec.from_dict(manifest["input_spec"])
     dev = device or manifest.get("device", spec.device)
-    spec = spec.with_device(dev)
+    spec = spec.with_device(host_device(dev))
     opts = CompileOptions(device=dev, precision=manifest["precision"], spec=spec, extra=manifest.get("options", {}))
     t0 = time.perf_counter()
     try:
@@ -263,4 +330,14 @@ def load(path: str | Path, *, strict: bool = False, device: str | None = None) -
     engine = Engine(runner, backend=b.name, spec=spec, output_tree=tree, report=report,
                     backend_version=manifest.get("backend_version"), options=manifest.get("options", {}))
     engine.manifest = manifest
+    if (manifest.get("verification") or {}).get("status") == "pending_verification":
+        from .export import verify_stored  # exported where it could not run: check it here, before use
+
+        report.verification = verify_stored(engine, path, manifest)
+    if manifest.get("gate"):
+        report.gate = manifest["gate"].get("result")
+    if verify or gate is not None:
+        from .gate import recheck_loaded
+
+        recheck_loaded(engine, path, manifest, gate)
     return engine

@@ -40,6 +40,8 @@ class Engine:
         self.backend_version = backend_version
         self.options = dict(options or {})
         self.manifest: dict[str, Any] | None = None  # set when loaded from disk
+        self.gate = None  # the motorpool.Gate it passed, and the reference outputs it was scored against
+        self.gate_reference = None
 
     # -- what it is --------------------------------------------------------------------------------
 
@@ -76,6 +78,14 @@ class Engine:
         flat = self.run_flat(self._convert_in(inputs))
         return pytree.tree_unflatten(self._convert_out(flat, as_numpy), self._tree)
 
+    def map(self, inputs: Iterable[Any], batch_size: int | None = None) -> Iterable[Any]:
+        """Run an iterable (or DataLoader) of samples or small batches in batches; results in order.
+
+        See :func:`motorpool.batching.map_batches`: a static batch pads the last batch and trims the padding.
+        """
+        from .batching import map_batches
+        return map_batches(self, inputs, batch_size=batch_size)
+
     def run_flat(self, inputs: list[Any]) -> list[Any]:
         """Run already-checked inputs in the runner's native kind; flat outputs. No spec check."""
         try:
@@ -99,7 +109,7 @@ class Engine:
         if as_numpy:
             return [x if isinstance(x, np.ndarray) or not isinstance(x, torch.Tensor) else _tensor_to_numpy(x)
                     for x in outputs]
-        device = self.device
+        device = self._spec.device  # where tensors live (a Core ML "ane" engine's are in host memory)
         out = []
         for x in outputs:
             if isinstance(x, np.ndarray):
@@ -127,7 +137,13 @@ class Engine:
             art = tmp / ARTIFACT_DIR
             art.mkdir()
             metadata = self._runner.save(art)
-            write_manifest(tmp, self._manifest(tree, metadata))
+            manifest = self._manifest(tree, metadata)
+            from .gate import save_engine_gate  # the quality gate's data, beside the artifact, as .npy
+
+            gate = save_engine_gate(self, tmp)
+            if gate is not None:
+                manifest["gate"] = gate
+            write_manifest(tmp, manifest)
 
         write_atomically(path, fill, overwrite=overwrite)
         return path
@@ -153,6 +169,10 @@ class Engine:
 
 
 def _tensor_to_numpy(x: torch.Tensor) -> np.ndarray:
+    try:  # the common case (CPU, no grad, a NumPy dtype) in half the time of the checks below
+        return x.numpy()
+    except (TypeError, RuntimeError):
+        pass
     if x.requires_grad:
         x = x.detach()
     if x.device.type != "cpu":

@@ -75,6 +75,11 @@ class VerificationError(CompileError):
         self.figures = figures or {}
 
 
+class GateError(VerificationError):
+    """The engine computes the model's function within tolerance but fails a quality gate (motorpool.Gate):
+    its task metric dropped more than the budget. ``figures["gate"]`` holds metric, score, baseline, drop."""
+
+
 class ArtifactError(MotorpoolError, RuntimeError):
     """A saved engine cannot be loaded: missing, corrupt, or made for other hardware or versions."""
 

@@ -107,7 +107,10 @@ class Registry:
                 return []
             try:
                 self.pm.register(plugin, name=plugin_name)
+                self.pm.check_pending()  # pluggy reports a misspelled hook name only when asked
             except Exception as exc:  # noqa: BLE001 - pluggy validation errors, e.g. a misspelled hook
+                if self.pm.is_registered(plugin):
+                    self.pm.unregister(plugin)
                 return self._fail(strict, plugin_name, dist, f"invalid plugin: {exc}", PluginError)
             hook = self.pm.subset_hook_caller("motorpool_register_backends",
                                               remove_plugins=[p for p in self.pm.get_plugins() if p is not plugin])

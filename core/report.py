@@ -26,6 +26,8 @@ class Report:
     compile_time_s: float | None = None
     load_time_s: float | None = None
     verification: dict[str, Any] | None = None
+    #: the quality gate's figures (motorpool.Gate): metric, score, baseline, drop, budget, passed
+    gate: dict[str, Any] | None = None
     candidates: list[Candidate] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -42,6 +44,10 @@ class Report:
         if v:
             lines.append(f"verified: {len(v.get('checks', []))} checks, max abs err {v.get('max_abs_err', 0):.3g}, "
                          f"min cosine {v.get('min_cosine', 1):.6f}")
+        if self.gate:
+            g = self.gate
+            lines.append(f"gate {g.get('metric')}: drop {g.get('drop', float('nan')):.4g} (budget "
+                         f"{g.get('max_drop')}) {'passed' if g.get('passed') else 'FAILED'}")
         for c in self.candidates:
             lines.append(f"  {c.backend:14s} {c.status:9s} {c.reason}")
         return "\n".join(lines)

@@ -26,6 +26,11 @@ def dtype_name(dtype: Any) -> str:
     return np.dtype(dtype).name
 
 
+#: numpy's ``dtype.name`` is computed in Python on every access (~5 us); the engine's hot path looks it up
+_NP_DTYPE_NAMES = {np.dtype(t): np.dtype(t).name for t in (np.float32, np.float16, np.float64, np.int64, np.int32,
+                                                           np.int16, np.int8, np.uint8, np.bool_)}
+
+
 def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
@@ -155,7 +160,7 @@ class InputSpec:
                 if value.dtype == object:
                     raise InputError(f"input {spec.name!r}: expected {spec.dtype} values, got a NumPy object array",
                                      input=spec.name, expected=spec.dtype, got="object")
-                dtype, shape = value.dtype.name, value.shape
+                dtype, shape = _NP_DTYPE_NAMES.get(value.dtype) or value.dtype.name, value.shape
             else:
                 raise InputError(
                     f"input {spec.name!r}: expected a torch.Tensor or numpy.ndarray {spec.describe()}, "

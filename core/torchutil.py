@@ -49,6 +49,16 @@ def torch_devices() -> list[str]:
     return devices
 
 
+def host_device(device: str) -> str:
+    """The torch device that holds a backend device's input and output tensors: the device itself when
+    torch knows it (``cuda:0``, ``mps``), else host memory (Core ML's ``ane``, ``gpu``, ``all``)."""
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        return "cpu"
+    return device
+
+
 def torch_availability():
     from .backend import Availability
 
@@ -95,6 +105,8 @@ def export_program(model: torch.nn.Module, spec, *, device: str):
 class TorchRunner:
     """Runs a torch callable under inference mode and flattens its outputs. Mixin for torch-based runners."""
 
+    profiler_name = "torch.profiler"
+
     def _init_torch(self, module, *, device: str, precision: str, thread_safe: bool = True, info=None):
         self.module = module
         self.device = device
@@ -109,3 +121,9 @@ class TorchRunner:
                 with self._strict:
                     return flatten_outputs(self.module(*inputs))
             return flatten_outputs(self.module(*inputs))
+
+    def profile_operators(self, inputs: list[Any], *, top: int = 10, calls: int = 5) -> list[Any]:
+        """torch.profiler's operator table over ``calls`` runs (see ``Runner.profile_operators``)."""
+        from .profile import torch_operator_profile
+
+        return torch_operator_profile(self.run, inputs, top=top, calls=calls, device=self.device)

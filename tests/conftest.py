@@ -6,6 +6,9 @@ import pytest
 # The suite must never read or pollute a user's caches: every cache motorpool keeps goes to a temporary dir.
 _CACHE = tempfile.mkdtemp(prefix="motorpool-test-cache-")
 os.environ["MOTORPOOL_CACHE"] = _CACHE
+# Off by default so that one test's compiled engine never stands in for another's compile; the cache's
+# own tests (tests/test_artifact_cache.py) pass cache=True.
+os.environ.setdefault("MOTORPOOL_NO_CACHE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -20,10 +20,18 @@ def collect() -> dict:
         warnings.simplefilter("always")
         rows = list_backends()
     skipped = [{"plugin": p, "distribution": d, "reason": r} for p, d, r in get_registry().skipped]
+    from motorpool.ranking import rank
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = rank("fp32")  # the order backend="auto" tries here (no timing)
     return {
         "motorpool": __version__,
         "hardware": hardware.detect().to_dict(),
         "backends": [r.to_dict() for r in rows],
+        # devices only a backend's runtime sees (OpenVINO's Intel GPU/NPU, Core ML's Neural Engine...)
+        "backend_devices": {r.name: list(r.devices) for r in rows if r.available},
+        "auto_order": auto.names,
         "skipped_plugins": skipped,
         "warnings": sorted({str(w.message) for w in caught}),
     }
@@ -44,6 +52,9 @@ def run(args) -> int:
                                    + (f" sm{g['capability']} {g['memory_gb']} GiB" if g.get("capability") else "")
                                    for g in gpus) or "none (no CUDA device, no Apple GPU)"))
     print(f"class    {hw['hardware_class']}   fingerprint {hw['fingerprint']}")
+    seen = sorted({d for devs in data["backend_devices"].values() for d in devs})
+    print(f"devices  {', '.join(seen) or '-'} (as the available backends see them)")
+    print(f"auto     {' > '.join(data['auto_order']) or 'no backend available'}")
     print()
     print(f"{'backend':14s} {'status':20s} {'version':22s} {'devices':18s} notes")
     for b in data["backends"]:

@@ -1,0 +1,102 @@
+"""``motorpool bench MODEL``: which backend, precision and batch size for this model on this machine.
+
+Compiles MODEL for each backend x precision, measures LoadGen-style scenarios at each batch size, and
+writes a terminal table plus JSON, Markdown and a PNG chart (``--out``)."""
+
+from __future__ import annotations
+
+from motorpool.cli._args import add_model_argument, csv_ints, csv_list, load_model_arg
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark a model across backends, precisions and batch sizes",
+                       description=__doc__)
+    add_model_argument(p)
+    p.add_argument("--backends", default="available",
+                   help="comma-separated backend names, or 'available' (every backend that can run here)")
+    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32,fp16,bf16,int8")
+    p.add_argument("--batch-sizes", default="1,8,32", type=csv_ints, help="comma-separated batch sizes")
+    p.add_argument("--scenarios", default="single_stream,offline",
+                   help="comma-separated: single_stream, offline, server")
+    p.add_argument("--time-budget", type=float, default=1.0,
+                   help="seconds per scenario and batch size (default 1.0)")
+    p.add_argument("--p99-bound-ms", type=float, default=None,
+                   help="server scenario: the p99 latency bound (default: 10x single-stream p50 at batch 1, at least 10 ms)")
+    p.add_argument("--server-budget", type=float, default=None, help="server scenario: seconds for the rate search")
+    p.add_argument("--offline-workers", type=int, default=1, help="offline scenario: threads issuing batches")
+    p.add_argument("--no-load", action="store_true", help="skip saving and loading each engine (artifact size, "
+                   "load time, cold first call)")
+    p.add_argument("--no-verify", action="store_true", help="skip verifying each engine against eager PyTorch")
+    p.add_argument("--out", default="motorpool-bench", help="directory for bench.json, bench.md and bench.png")
+    p.add_argument("--stem", default="bench", help="file name stem of the written files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _backends(text: str) -> list[str]:
+    import motorpool
+
+    if text.strip() in ("available", "all"):
+        rows = motorpool.list_backends()
+        return [r.name for r in rows if r.available or text.strip() == "all"]
+    names = csv_list(text)
+    registry = motorpool.get_registry()
+    for name in names:
+        registry.get(name)  # an unknown name lists the valid ones
+    return names
+
+
+def run(args) -> int:
+    try:
+        import matplotlib  # noqa: F401
+        import rich  # noqa: F401
+    except ImportError as exc:
+        print(f"error: motorpool bench needs {exc.name}: pip install \"motorpool[bench]\"")
+        return 2
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from motorpool import InputError, UnknownBackendError
+    from motorpool.bench_output import print_table, write_all
+    from motorpool.benchmark import SCENARIOS, bench_model, steps_per_engine
+
+    console = Console(stderr=True)
+    scenarios = csv_list(args.scenarios)
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        console.print(f"error: unknown scenario(s) {unknown}; choose from: {', '.join(SCENARIOS)}")
+        return 2
+    try:
+        loaded = load_model_arg(args.model, batch=max(args.batch_sizes))
+        backends = _backends(args.backends)
+    except (InputError, UnknownBackendError) as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    precisions = csv_list(args.precisions)
+    if not backends:
+        console.print("error: no backend to benchmark; `motorpool doctor` shows why each is unavailable")
+        return 2
+    per_engine = steps_per_engine(args.batch_sizes, scenarios)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=console, transient=True, disable=args.no_progress)
+    with progress:
+        task = progress.add_task(f"bench {loaded.name}", total=per_engine * len(backends) * len(precisions))
+        finished = {"engines": 0}
+
+        def on_step(text: str) -> None:
+            progress.update(task, advance=1, description=f"bench {loaded.name}: {text}")
+
+        def on_result(row) -> None:  # an engine that failed early skips its remaining steps
+            finished["engines"] += 1
+            progress.update(task, completed=per_engine * finished["engines"])
+
+        suite = bench_model(loaded.model, loaded.example_inputs, backends=backends, precisions=precisions,
+                            batch_sizes=args.batch_sizes, scenarios=scenarios, time_budget_s=args.time_budget,
+                            measure_load=not args.no_load, verify=not args.no_verify, model_name=loaded.name,
+                            on_step=on_step, on_result=on_result, p99_bound_ms=args.p99_bound_ms,
+                            server_budget_s=args.server_budget, offline_workers=args.offline_workers)
+    print_table(suite)
+    paths = write_all(suite, args.out, stem=args.stem)
+    for kind, path in paths.items():
+        console.print(f"wrote {kind}: {path}", markup=False, highlight=False)
+    return 0 if any(r.status == "ok" for r in suite.results) else 1
