@@ -247,6 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--budget", type=float, default=None, help="seconds of calls per cell at batch 1")
     p.add_argument("--rounds", type=int, default=None, help="round-robin rounds per cell (5; --quick: 3)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads for the torch backends (default: torch's own choice). On a busy "
+                        "shared machine torch's OpenMP pool can be far slower with 2 threads than with 1")
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--no-overhead", action="store_true")
     args = p.parse_args(argv)
@@ -260,6 +263,8 @@ def main(argv=None) -> int:
     args.min_calls, args.max_calls, args.warmup = (5, 200, 1) if args.quick else (10, 1000, 2)
     args.overhead_rounds, args.overhead_calls = (9, 500) if args.quick else (25, 1000)
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     print(f"motorpool {motorpool.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"{motorpool.hardware.summary()}", flush=True)
     rows: list[dict] = []
