@@ -7,10 +7,9 @@ from typing import Any
 
 import torch
 
-from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner,
-                       UnsupportedError, hookimpl)
+from motorpool import Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner, hookimpl
 from motorpool.quantize import prepare_torch_precision
-from motorpool.torchutil import TorchRunner, export_program, place, torch_availability
+from motorpool.torchutil import TorchRunner, place, save_exported, torch_availability
 
 ARTIFACT = "model.pt2"
 
@@ -23,17 +22,8 @@ class EagerRunner(TorchRunner, Runner):
         self._exported = exported
 
     def save(self, directory: Path) -> dict[str, Any]:
-        program = self._exported
-        if program is None:
-            try:
-                program = export_program(self.module, self._spec, device=self.device)
-            except Exception as exc:  # noqa: BLE001 - the exporter's reason is the answer
-                raise UnsupportedError(
-                    f"cannot save an eager engine: torch.export cannot capture this model "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Save a "
-                    f"torchscript or onnxruntime engine instead, or make the model exportable",
-                    backend="eager") from exc
-        torch.export.save(program, directory / ARTIFACT)
+        save_exported(self._exported, self.module, self._spec, device=self.device, path=directory / ARTIFACT,
+                      backend="eager")
         return {"file": ARTIFACT, "format": "torch.export"}
 
 

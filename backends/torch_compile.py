@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions, Runner,
-                       UnsupportedError, hookimpl)
+                       hookimpl)
 from motorpool.quantize import prepare_torch_precision
-from motorpool.torchutil import TorchRunner, export_program, fp32_strict, place, torch_availability
+from motorpool.torchutil import TorchRunner, export_program, fp32_strict, place, save_exported, torch_availability
 
 ARTIFACT = "model.pt2"
 #: Inductor's compiled kernels (torch.compiler.save_cache_artifacts), loaded before recompiling: cuts cold start
@@ -47,16 +47,8 @@ class TorchCompileRunner(TorchRunner, Runner):
         self._exported = exported
 
     def save(self, directory: Path) -> dict[str, Any]:
-        program = self._exported
-        if program is None:
-            try:
-                program = export_program(self._source, self._spec, device=self.device)
-            except Exception as exc:  # noqa: BLE001
-                raise UnsupportedError(
-                    f"cannot save a torch_compile engine: torch.export cannot capture this model "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                    backend="torch_compile") from exc
-        torch.export.save(program, directory / ARTIFACT)
+        save_exported(self._exported, self._source, self._spec, device=self.device, path=directory / ARTIFACT,
+                      backend="torch_compile")
         meta = {"file": ARTIFACT, "format": "torch.export", "mode": self.info.get("mode")}
         # The kernels only match what load compiles (the exported program's module) when this runner ran
         # that same module: compile() runs it whenever torch.export can capture the model.

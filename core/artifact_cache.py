@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import ArtifactError, MotorpoolError, UnsupportedError
+from .manifest import jsonable
 
 if TYPE_CHECKING:
     import torch
@@ -174,16 +175,6 @@ def calibration_fingerprint(calibration: Any) -> str | None:
     return h.hexdigest() if visit(calibration) else None
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
-
-
 def make_key(backend: "Backend", availability: "Availability", model: "torch.nn.Module", spec: "InputSpec", *,
              precision: str, options: dict[str, Any], calibration: Any = None) -> dict[str, Any] | None:
     """The cache key of one compile, as a JSON-able dict; None when this call cannot be cached."""
@@ -200,12 +191,12 @@ def make_key(backend: "Backend", availability: "Availability", model: "torch.nn.
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "spec": spec.to_dict(),
         "precision": precision,
-        "options": _jsonable(options),
+        "options": jsonable(options),
         "calibration": calib,
         "backend": backend.name,
         "backend_class": f"{type(backend).__module__}.{type(backend).__qualname__}",
         "backend_version": availability.version,
-        "backend_versions": _jsonable(dict(availability.versions)),
+        "backend_versions": jsonable(dict(availability.versions)),
         "hardware": hardware.fingerprint(),
         "motorpool": __version__,
         "torch": torch.__version__,

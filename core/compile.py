@@ -14,8 +14,7 @@ import torch.utils._pytree as pytree
 from . import artifact_cache
 from .backend import PRECISIONS, Availability, Backend, CompileOptions
 from .engine import Engine, check_loadable
-from .errors import (ArtifactError, BackendUnavailable, CompileError, MotorpoolError, UnsupportedError,
-                     VerificationError)
+from .errors import ArtifactError, BackendUnavailable, CompileError, MotorpoolError, UnsupportedError
 from .manifest import ARTIFACT_DIR, read_manifest
 from .registry import get_registry
 from .report import Candidate, Report

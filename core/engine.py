@@ -14,7 +14,7 @@ import torch.utils._pytree as pytree
 from . import hardware
 from .backend import Runner
 from .errors import ArtifactError, InputError, MotorpoolError, UnsupportedError
-from .manifest import ARTIFACT_DIR, runtime_versions, write_atomically, write_manifest
+from .manifest import ARTIFACT_DIR, jsonable, runtime_versions, write_atomically, write_manifest
 from .report import Report
 from .spec import InputSpec
 
@@ -162,7 +162,7 @@ class Engine:
             "hardware": {"fingerprint": hardware.fingerprint(), "summary": hardware.summary()},
             "verification": self.report.verification,
             "compile_time_s": self.report.compile_time_s,
-            "options": _jsonable(self.options),
+            "options": jsonable(self.options),
             "backend_metadata": metadata,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -191,16 +191,6 @@ def _describe_values(values: Iterable[Any]) -> str:
         else:
             parts.append(type(v).__name__)
     return "(" + ", ".join(parts) + ")"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
 
 
 def check_loadable(manifest: dict[str, Any], path: Path) -> list[str]:

@@ -28,7 +28,7 @@ import torch.utils._pytree as pytree
 from . import hardware
 from .backend import PRECISIONS, Backend, CompileOptions
 from .errors import BackendUnavailable, CompileError, UnsupportedError, VerificationError
-from .manifest import ARTIFACT_DIR, runtime_versions, write_atomically, write_manifest
+from .manifest import ARTIFACT_DIR, jsonable, runtime_versions, write_atomically, write_manifest
 from .registry import get_registry
 from .spec import InputSpec, as_example_tuple, input_names as model_input_names, torch_dtype
 from .torchutil import flatten_outputs
@@ -134,7 +134,7 @@ def _export_only(b: Backend, av, model, examples, spec, tree_text, *, device, pr
             "verification": {"status": PENDING, "precision": precision,
                              "reason": f"{b.name} cannot run here ({av.reason}); motorpool.load verifies it on a "
                                        "machine that can", **_store_cases(art, model, stored_spec, examples)},
-            "compile_time_s": export_time, "options": _jsonable(options), "backend_metadata": metadata,
+            "compile_time_s": export_time, "options": jsonable(options), "backend_metadata": metadata,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "export": _export_note(b, can_run_here=False),
         }
@@ -224,11 +224,3 @@ def verify_stored(engine, path: str | Path, manifest: dict[str, Any]) -> dict[st
     return result
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)

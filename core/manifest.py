@@ -114,5 +114,16 @@ def verify_checksums(directory: Path, manifest: dict[str, Any]) -> None:
         raise ArtifactError(f"{directory}: artifact holds files the manifest does not list: {extra}")
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON (keys sorted, so equal options give equal text); anything else as its repr."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
 def python_tag() -> str:
     return f"{sys.implementation.name}{sys.version_info.major}.{sys.version_info.minor}"

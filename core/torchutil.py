@@ -127,3 +127,22 @@ class TorchRunner:
         from .profile import torch_operator_profile
 
         return torch_operator_profile(self.run, inputs, top=top, calls=calls, device=self.device)
+
+
+def save_exported(program, module: torch.nn.Module, spec, *, device: str, path, backend: str) -> None:
+    """Write ``program`` (or, when None, ``torch.export`` of ``module``) as a ``.pt2`` file.
+
+    A model torch.export cannot capture raises :class:`~motorpool.UnsupportedError` saying so.
+    """
+    from .errors import UnsupportedError
+
+    if program is None:
+        try:
+            program = export_program(module, spec, device=device)
+        except Exception as exc:  # noqa: BLE001 - the exporter's reason is the answer
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            raise UnsupportedError(
+                f"cannot save a {backend} engine: torch.export cannot capture this model "
+                f"({type(exc).__name__}: {first_line}). Save a torchscript or onnxruntime engine instead, "
+                f"or make the model exportable", backend=backend) from exc
+    torch.export.save(program, path)

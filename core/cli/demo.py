@@ -45,7 +45,8 @@ def run(args) -> int:
         if wanted is not None and info.name not in wanted:
             continue
         if not info.available:
-            rows.append((info.name, "unavailable", info.reason, None, None, None, None))
+            fix = f" (fix: {info.fix})" if info.fix else ""
+            rows.append((info.name, "unavailable", info.reason + fix, None, None, None, None))
             continue
         try:
             engine = motorpool.compile(model, examples, backend=info.name)
