@@ -66,22 +66,29 @@ def _dim_identifier(name: str) -> str:
 
 
 @contextlib.contextmanager
+def quiet_loggers(*names: str):
+    """Only errors from these loggers for the duration."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
 def quiet_exporters():
     """Silence the exporters' chatter (missing torchvision ops, tracer notes) for the duration."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "torch.fx",
-                                                "onnxscript", "torch._dynamo", "torch._subclasses")]
-    levels = [lg.level for lg in loggers]
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
+        with quiet_loggers("torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript",
+                           "torch._dynamo", "torch._subclasses"):
             yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
 
 def first_line(exc: BaseException, limit: int = 400) -> str:
@@ -91,6 +98,21 @@ def first_line(exc: BaseException, limit: int = 400) -> str:
     if len(line) > limit:
         line = line[:limit] + "..."
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def calibration_feeds(spec, calibration, *, limit: int, backend: str, what: str) -> list[list]:
+    """Up to ``limit`` calibration items as NumPy feeds in spec order; an empty calibration set is an error."""
+    items = []
+    for item in calibration:
+        items.append(numpy_feeds(spec, item))
+        if len(items) >= limit:
+            break
+    if not items:
+        from motorpool import UnsupportedError
+
+        raise UnsupportedError(f"calibration is empty: {what} needs at least one example input tuple",
+                               backend=backend)
+    return items
 
 
 def numpy_feeds(spec, item: Any) -> list:

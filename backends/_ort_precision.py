@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from motorpool import CompileError, UnsupportedError
 
-from ._export import first_line, numpy_feeds
+from ._export import calibration_feeds, first_line
 from ._onnx_export import EXTERNAL_DATA_THRESHOLD, save_model_proto
 
 #: dynamic int8 op types by default; Conv (ConvInteger) only when options.extra["int8_op_types"] names it
@@ -191,14 +191,8 @@ class _Reader:
 def _reader(spec, calibration: Iterable[Any]):
     from onnxruntime.quantization import CalibrationDataReader
 
-    items = []
-    for item in calibration:
-        items.append(numpy_feeds(spec, item))
-        if len(items) >= MAX_CALIBRATION_ITEMS:
-            break
-    if not items:
-        raise UnsupportedError("calibration is empty: static int8 needs at least one example input tuple",
-                               backend="onnxruntime")
+    items = calibration_feeds(spec, calibration, limit=MAX_CALIBRATION_ITEMS, backend="onnxruntime",
+                              what="static int8")
     CalibrationDataReader.register(_Reader)  # an ABC: a virtual subclass is enough for its isinstance check
     return _Reader(list(spec.names), items)
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from motorpool import CompileError, UnsupportedError
 
-from ._export import first_line, numpy_feeds
+from ._export import calibration_feeds, first_line
 
 MAX_CALIBRATION_ITEMS = 300
 #: op types that mark a model NNCF should quantize as a transformer
@@ -57,15 +57,8 @@ def quantize(ov_model, spec, calibration: Iterable[Any] | None, extra: dict[str,
 
 
 def _items(spec, calibration: Iterable[Any]) -> list[list]:
-    items = []
-    for item in calibration:
-        items.append(numpy_feeds(spec, item))
-        if len(items) >= MAX_CALIBRATION_ITEMS:
-            break
-    if not items:
-        raise UnsupportedError("calibration is empty: NNCF static int8 needs at least one example input tuple",
-                               backend="openvino")
-    return items
+    return calibration_feeds(spec, calibration, limit=MAX_CALIBRATION_ITEMS, backend="openvino",
+                             what="NNCF static int8")
 
 
 def _int8_nodes(ov_model) -> int:

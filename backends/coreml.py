@@ -14,7 +14,6 @@ CPU_ONLY. An ``ane``/``all`` engine takes host tensors; an ``mps`` one takes and
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 import warnings
 from collections import Counter
@@ -31,6 +30,7 @@ from motorpool.backend import distribution_version
 from motorpool.hardware import detect
 from motorpool.spec import InputSpec
 from motorpool.torchutil import export_program, flatten_outputs, place
+from motorpool.backends._export import quiet_loggers
 
 ARTIFACT = "model.mlpackage"
 MACOS_ONLY = "Core ML runs models only on macOS"
@@ -47,15 +47,8 @@ def _quiet_coremltools() -> Iterator[None]:
     """coremltools logs a warning per missing macOS-only native proxy at import on Linux (and the torchao
     it imports, one per CUDA kernel library it cannot load); those absences are what availability reports,
     so the noise is held back."""
-    loggers = [logging.getLogger(name) for name in ("coremltools", "torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
+    with quiet_loggers("coremltools", "torchao", "torch.utils._pytree"):
         yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 @functools.lru_cache(maxsize=1)

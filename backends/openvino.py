@@ -43,9 +43,6 @@ CONVERTERS = ("export", "tracing")
 #: motorpool precision -> OpenVINO inference precision hint
 PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
-#: at most this many calibration items go to NNCF
-MAX_CALIBRATION_ITEMS = 300
-
 _core_lock = threading.Lock()
 _core = None
 

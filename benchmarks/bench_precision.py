@@ -33,45 +33,14 @@ os.environ.setdefault("MOTORPOOL_NO_CACHE", "1")
 import motorpool  # noqa: E402
 from motorpool.optimize_report import DEFAULT_TECHNIQUES, Technique, optimize_report  # noqa: E402
 from motorpool.testing import zoo  # noqa: E402
+from models import ResNet18  # noqa: E402  (benchmarks/models.py: this script's own folder)
 
 MATRIX_COLUMNS = [("fp32", None), ("fp16", None), ("bf16", None), ("int8", "dynamic"), ("int8", "static")]
 
 
 # -- models ------------------------------------------------------------------------------------------------
 
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return torch.relu(y + (x if self.down is None else self.down(x)))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18's layout (BasicBlock x [2, 2, 2, 2], 64-512 channels), 1000 classes, random weights."""
-
-    def __init__(self, classes=1000):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
-        layers, cin = [], 64
-        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
-            cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(512, classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
+# ResNet18 comes from benchmarks/models.py, shared with bench_backends and bench_select
 
 
 def resnet18_case(quick: bool):

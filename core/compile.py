@@ -186,19 +186,8 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, backend: str | Seque
                                         candidates=candidates, cache=cache)
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    model.eval()
-    examples = as_example_tuple(example_inputs)
-    names = list(input_names) if input_names else _names(model, len(examples))
-    spec = InputSpec.from_examples(examples, names=names, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims)
-    with torch.inference_mode():
-        ref_out = model(*examples)
-    flat_ref, tree = pytree.tree_flatten(ref_out)
-    if not all(isinstance(t, torch.Tensor) for t in flat_ref):
-        kinds = sorted({type(t).__name__ for t in flat_ref if not isinstance(t, torch.Tensor)})
-        raise CompileError(f"the model returns non-tensor outputs ({', '.join(kinds)}); motorpool engines "
-                           "return tensors in (nested) tuples, lists and dicts")
+    examples, spec, tree = prepare(model, example_inputs, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims,
+                                   input_names=input_names)
     if isinstance(backend, str) and backend == "fastest":  # measure every candidate: motorpool.select
         from .select import compile_fastest
 
@@ -232,6 +221,26 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, backend: str | Seque
     reasons = {c.backend: c.reason for c in tried + dropped}
     raise CompileError("no backend could compile this model: " +
                        "; ".join(f"{k}: {v}" for k, v in reasons.items()), reasons=reasons) from last_exc
+
+
+def prepare(model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool = True,
+            dynamic_dims: Mapping[str, Mapping[int, str]] | None = None,
+            input_names: Sequence[str] | None = None) -> tuple[tuple[torch.Tensor, ...], InputSpec, Any]:
+    """Steps 1-2 of every compile: the model in eval mode, the examples as a tuple, the input spec, and the
+    output structure from one eager run. Raises for a non-module or for outputs that are not tensors."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    model.eval()
+    examples = as_example_tuple(example_inputs)
+    names = list(input_names) if input_names else _names(model, len(examples))
+    spec = InputSpec.from_examples(examples, names=names, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims)
+    with torch.inference_mode():
+        flat_ref, tree = pytree.tree_flatten(model(*examples))
+    if not all(isinstance(t, torch.Tensor) for t in flat_ref):
+        kinds = sorted({type(t).__name__ for t in flat_ref if not isinstance(t, torch.Tensor)})
+        raise CompileError(f"the model returns non-tensor outputs ({', '.join(kinds)}); motorpool engines "
+                           "return tensors in (nested) tuples, lists and dicts")
+    return examples, spec, tree
 
 
 def _names(model: torch.nn.Module, count: int) -> list[str]:

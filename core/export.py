@@ -27,10 +27,10 @@ import torch.utils._pytree as pytree
 
 from . import hardware
 from .backend import PRECISIONS, Backend, CompileOptions
-from .errors import BackendUnavailable, CompileError, UnsupportedError, VerificationError
+from .errors import BackendUnavailable, UnsupportedError, VerificationError
 from .manifest import ARTIFACT_DIR, jsonable, runtime_versions, write_atomically, write_manifest
 from .registry import get_registry
-from .spec import InputSpec, as_example_tuple, input_names as model_input_names, torch_dtype
+from .spec import InputSpec, as_example_tuple, torch_dtype
 from .torchutil import flatten_outputs
 from .verify import compare, tolerance_for
 
@@ -54,7 +54,7 @@ def export(model: torch.nn.Module, example_inputs: Any, *, backend: str, path: s
         raise ValueError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    from .compile import safe_availability
+    from .compile import prepare, safe_availability
 
     b = get_registry().get(backend)
     av = safe_availability(b)
@@ -64,15 +64,8 @@ def export(model: torch.nn.Module, example_inputs: Any, *, backend: str, path: s
     problem = b.supports(precision=precision, device=None if device in (None, "auto") else device)
     if problem:
         raise UnsupportedError(problem, backend=b.name)
-    model.eval()
-    examples = tuple(x.cpu() for x in as_example_tuple(example_inputs))
-    names = list(input_names) if input_names else model_input_names(model, len(examples))
-    spec = InputSpec.from_examples(examples, names=names, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims)
-    with torch.inference_mode():
-        flat_ref, tree = pytree.tree_flatten(model(*examples))
-    if not all(isinstance(t, torch.Tensor) for t in flat_ref):
-        raise CompileError("the model returns non-tensor outputs; motorpool artifacts return tensors in (nested) "
-                           "tuples, lists and dicts", backend=b.name)
+    examples, spec, tree = prepare(model, tuple(x.cpu() for x in as_example_tuple(example_inputs)),
+                                   dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims, input_names=input_names)
     try:
         tree_text = pytree.treespec_dumps(tree)
     except Exception as exc:  # noqa: BLE001 - e.g. an output type pytree cannot serialize
@@ -81,7 +74,7 @@ def export(model: torch.nn.Module, example_inputs: Any, *, backend: str, path: s
     if av.available:
         fill = _runnable(b, model, examples, spec, tree_text, device=device, precision=precision,
                          calibration=calibration, options=options, dynamic_batch=dynamic_batch,
-                         dynamic_dims=dynamic_dims, names=names)
+                         dynamic_dims=dynamic_dims, names=spec.names)
     else:
         fill = _export_only(b, av, model, examples, spec, tree_text, device=device, precision=precision,
                             calibration=calibration, options=options)

@@ -12,12 +12,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-import torch.utils._pytree as pytree
 
 from .backend import PRECISIONS
 from .errors import BackendUnavailable, CompileError, MotorpoolError, UnsupportedError
 from .report import Candidate
-from .spec import InputSpec, as_example_tuple
 
 #: the precisions searched, fp32 first (it is the baseline every other is gated against)
 SEARCH_PRECISIONS = PRECISIONS
@@ -34,7 +32,7 @@ def compile_precision_search(model: torch.nn.Module, example_inputs: Any, *, bac
     ``backend`` is "fastest"/"auto" (every registered backend, or ``candidates``), a list, or one name.
     ``budget_s`` is the timing budget per round of side-by-side timing, per cell.
     """
-    from .compile import _compile_one, _names, rank_auto
+    from .compile import _compile_one, prepare, rank_auto
     from .gate import Gate
     from .registry import get_registry
     from .timing import measure_interleaved, timing_inputs, Objective
@@ -54,12 +52,8 @@ def compile_precision_search(model: torch.nn.Module, example_inputs: Any, *, bac
         names = list(backend)
     for n in names:
         reg.get(n)  # an unknown name lists the valid ones
-    model.eval()
-    examples = as_example_tuple(example_inputs)
-    spec = InputSpec.from_examples(examples, names=list(input_names) if input_names else _names(model, len(examples)),
-                                   dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims)
-    with torch.inference_mode():
-        tree = pytree.tree_flatten(model(*examples))[1]
+    examples, spec, tree = prepare(model, example_inputs, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims,
+                                   input_names=input_names)
 
     cells: list[Candidate] = []
     engines: dict[str, Any] = {}

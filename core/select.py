@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-import torch.utils._pytree as pytree
 
 from . import hardware
 from .decisions import Decision, DecisionCache, decision_key, model_fingerprint
@@ -32,7 +31,7 @@ from .progress import Progress
 from .ranking import Ranking, rank
 from .registry import get_registry
 from .report import Candidate
-from .spec import InputSpec, as_example_tuple, input_names as _input_names
+from .spec import InputSpec
 from .timing import Objective, measure_interleaved, timing_inputs
 
 #: timing budget per candidate when the caller sets none (seconds; compile time is not counted)
@@ -205,14 +204,10 @@ def auto_candidates(precision: str, *, spec: InputSpec, device: str, model: torc
 # -- the search -------------------------------------------------------------------------------------------
 
 def _prepare(model, example_inputs, *, dynamic_batch, dynamic_dims, input_names):
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    model.eval()
-    examples = as_example_tuple(example_inputs)
-    names = list(input_names) if input_names else _input_names(model, len(examples))
-    spec = InputSpec.from_examples(examples, names=names, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims)
-    with torch.inference_mode():
-        _, tree = pytree.tree_flatten(model(*examples))
+    from .compile import prepare
+
+    examples, spec, tree = prepare(model, example_inputs, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims,
+                                   input_names=input_names)
     return model, examples, spec, tree
 
 
