@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from motorpool import Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner, hookimpl
-from motorpool.quantize import prepare_torch_precision
-from motorpool.torchutil import TorchRunner, place, save_exported, torch_availability
+from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner, TorchRunner,
+                              hookimpl, place, prepare_torch_precision, save_exported, torch_availability)
 
 ARTIFACT = "model.pt2"
 
@@ -34,6 +33,7 @@ class EagerBackend(Backend):
         devices=("cpu", "cuda", "mps"), precisions=frozenset({"fp32", "fp16", "bf16", "int8"}), dynamic_batch=True,
         dynamic_shapes=True,
         thread_safe=True, serializable=True, compile_cost="none", priority={"apple": 20, "*": 90},
+        int8_modes=("dynamic", "static"), reference=True,
     )
 
     def availability(self) -> Availability:

@@ -28,11 +28,9 @@ from typing import Any
 
 import torch
 
-from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions, InputError,
-                       Runner, UnsupportedError, hookimpl)
-from motorpool.backend import distribution_version
-from motorpool.spec import InputSpec, torch_dtype
-from motorpool.torchutil import TorchRunner, place
+from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+                              InputError, InputSpec, Runner, TorchRunner, UnsupportedError, cache_root,
+                              calibration_batches, distribution_version, hookimpl, place, torch_dtype)
 
 ARTIFACT = "model.ep"
 #: submodule name prefixes torch-tensorrt's partitioners give TensorRT blocks and PyTorch blocks
@@ -213,8 +211,6 @@ def _quantize_int8(model: torch.nn.Module, calibration, n_inputs: int, device: s
     Returns the fake-quantized model and the context manager to export it under.
     """
     _require_calibration(calibration)
-    from motorpool.quantize import calibration_batches
-
     batches = calibration_batches(calibration, n_inputs)
     if importlib.util.find_spec("modelopt") is None:
         raise UnsupportedError('int8 with torch-tensorrt quantizes through NVIDIA ModelOpt, which is not installed: '
@@ -290,7 +286,7 @@ class TensorRTBackend(Backend):
     capabilities = Capabilities(
         devices=("cuda",), precisions=frozenset({"fp32", "fp16", "bf16", "int8"}), dynamic_batch=True,
         dynamic_shapes=True, thread_safe=False, serializable=True, compile_cost="high",
-        priority={"nvidia": 10, "*": 1000},
+        priority={"nvidia": 10, "*": 1000}, int8_modes=("static",),
     )
 
     def availability(self) -> Availability:
@@ -372,9 +368,7 @@ class TensorRTBackend(Backend):
 def _default_timing_cache() -> str:
     """A per-user timing cache beside motorpool's engine cache: TensorRT reuses kernel timings across
     builds, which cuts rebuild time; it is keyed by GPU inside TensorRT, so one file serves every engine."""
-    from motorpool.artifact_cache import cache_dir
-
-    return str(cache_dir().parent / "tensorrt" / "timing_cache.bin")
+    return str(cache_root("tensorrt", create=True) / "timing_cache.bin")
 
 
 def _describe_settings(settings: dict[str, Any]) -> dict[str, Any]:

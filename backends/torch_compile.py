@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
-from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions, Runner,
-                       hookimpl)
-from motorpool.quantize import prepare_torch_precision
-from motorpool.torchutil import TorchRunner, export_program, fp32_strict, place, save_exported, torch_availability
+from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+                              Runner, TorchRunner, cache_root, export_program, fp32_strict, hookimpl, place,
+                              prepare_torch_precision, save_exported, torch_availability)
 
 ARTIFACT = "model.pt2"
 #: Inductor's compiled kernels (torch.compiler.save_cache_artifacts), loaded before recompiling: cuts cold start
@@ -68,10 +67,8 @@ def _trusted(directory: Path) -> bool:
     motorpool) the bytes are ours, so there they are loaded; elsewhere the program is recompiled from the
     ``.pt2`` alone.
     """
-    from motorpool.artifact_cache import cache_dir
-
     try:
-        directory.resolve().relative_to(cache_dir(create=False).resolve())
+        directory.resolve().relative_to(cache_root("engines").resolve())
     except ValueError:
         return False
     return True
@@ -83,7 +80,7 @@ class TorchCompileBackend(Backend):
     capabilities = Capabilities(
         devices=("cpu", "cuda"), precisions=frozenset({"fp32", "fp16", "bf16", "int8"}), dynamic_batch=True,
         dynamic_shapes=True, thread_safe=False, serializable=True, compile_cost="high",
-        priority={"*": 50, "nvidia": 20},
+        priority={"*": 50, "nvidia": 20}, int8_modes=("static",),
     )
 
     def availability(self) -> Availability:

@@ -9,10 +9,8 @@ from typing import Any
 import torch
 import torch.utils._pytree
 
-from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions, Runner,
-                       hookimpl)
-from motorpool.quantize import prepare_torch_precision
-from motorpool.torchutil import TorchRunner, place, torch_availability
+from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+                              Runner, TorchRunner, hookimpl, place, prepare_torch_precision, torch_availability)
 
 ARTIFACT = "model.ts"
 
@@ -44,7 +42,7 @@ class TorchScriptBackend(Backend):
     capabilities = Capabilities(
         devices=("cpu", "cuda"), precisions=frozenset({"fp32", "fp16", "bf16", "int8"}), dynamic_batch=True,
         dynamic_shapes=True, thread_safe=True, serializable=True, compile_cost="low",
-        priority={"*": 60, "nvidia": 60},
+        priority={"*": 60, "nvidia": 60}, int8_modes=("dynamic", "static"),
     )
 
     def availability(self) -> Availability:

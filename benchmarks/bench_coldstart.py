@@ -47,7 +47,7 @@ def _worker(args) -> None:
     import torch
 
     import motorpool
-    from motorpool.compile import safe_availability
+    from motorpool.plugin.registry import safe_availability
     from motorpool.testing import zoo
 
     backend = motorpool.get_registry().get(args.backend)
@@ -269,7 +269,7 @@ def main() -> None:
 
 
 def _machine() -> dict:
-    from motorpool import hardware
+    from motorpool.plugin import hardware
 
     return {"summary": hardware.summary(), "fingerprint": hardware.fingerprint(),
             "load_average": [round(x, 2) for x in os.getloadavg()]}

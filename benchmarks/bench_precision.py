@@ -31,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MOTORPOOL_NO_CACHE", "1")
 
 import motorpool  # noqa: E402
-from motorpool.optimize_report import DEFAULT_TECHNIQUES, Technique, optimize_report  # noqa: E402
+from motorpool.measuring.technique_report import Technique, default_techniques, optimize_report  # noqa: E402
 from motorpool.testing import zoo  # noqa: E402
 from models import ResNet18  # noqa: E402  (benchmarks/models.py: this script's own folder)
 
@@ -144,7 +144,7 @@ def digits_case(quick: bool):
 
     def pruned_finetuned(amount):
         def transform(m, examples):
-            from motorpool.prune import prune_iteratively
+            from motorpool.techniques.prune import prune_iteratively
 
             return prune_iteratively(m, amount, steps=2, structured=True, example_inputs=examples,
                                      fine_tune=lambda mm, step: fit(mm, xtr, ytr, epochs=1, lr=1e-3)).model.eval()
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
         model, examples, extra = CASES[name](args.quick)
         metric, max_drop = METRICS[name]
         gate = motorpool.Gate(metric, extra["data"], max_drop, labels=extra.get("labels"))
-        techniques = list(DEFAULT_TECHNIQUES) + extra.get("extra", [])
+        techniques = list(default_techniques()) + extra.get("extra", [])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             report = optimize_report(model, examples, gate=gate, calibration=extra.get("calibration"),

@@ -32,10 +32,10 @@ os.environ["MOTORPOOL_NO_CACHE"] = "1"
 import torch  # noqa: E402
 
 import motorpool  # noqa: E402
-from motorpool.compile import safe_availability  # noqa: E402
-from motorpool.ranking import rank  # noqa: E402
+from motorpool.plugin.registry import safe_availability  # noqa: E402
+from motorpool.selection.ranking import rank  # noqa: E402
 from motorpool.testing import zoo  # noqa: E402
-from motorpool.timing import measure_interleaved  # noqa: E402
+from motorpool.selection.timing import measure_interleaved  # noqa: E402
 
 
 def cases(names, batch, bench_models):

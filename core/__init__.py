@@ -8,42 +8,48 @@
 Importing motorpool loads no plugin and no runtime; backends are found on first use.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-from .batcher import BatcherClosed, BatcherStats, DynamicBatcher, QueueFull, pad_to_buckets
-from .cache import CachedEngine, LRUStore, RedisStore
-from .backend import (PRECISIONS, Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner,
-                      Status)
-from .compile import BackendInfo, compile, list_backends, load
-from .export import export  # shadows the module name; helpers: `from motorpool.export import ...`
-from .engine import Engine
-from .errors import (ArtifactError, BackendUnavailable, CompileError, DuplicateBackendError, InputError,
-                     MotorpoolError, PluginError, PluginWarning, UnknownBackendError, UnsupportedError,
-                     VerificationError)
-from .hookspecs import hookimpl
-# the functions shadow their modules' names on the package; import helpers with `from motorpool.benchmark import`
-from .benchmark import BenchResult, BenchSuite, bench_model, benchmark
-from .profile import ProfileResult, profile
-from .registry import Registry, get_registry
-from .report import Candidate, Report
-from .select import Selection, select
-from .spec import InputSpec, TensorSpec
-from .verify import TOLERANCES
-from .errors import GateError
-from .gate import Gate, GateResult, Metric
-# prune/optimize_report shadow their modules' names; helpers: `from motorpool.prune import prune_iteratively`
-from .prune import PruneReport, PruneResult, prune, prune_iteratively
-from .optimize_report import OptimizeReport, optimize_report
+# the front doors
+from .compile import compile, load
+from .export import export
+# the plugin contract (backend authors: import from motorpool.plugin, which has the helpers too)
+from .plugin.contract import (PRECISIONS, Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner,
+                              Status)
+from .plugin.errors import (ArtifactError, BackendUnavailable, CompileError, DuplicateBackendError, GateError,
+                            InputError, MotorpoolError, PluginError, PluginWarning, UnknownBackendError,
+                            UnsupportedError, VerificationError)
+from .plugin import hardware  # motorpool.hardware.detect(), .summary(), .fingerprint()
+from .plugin.hookspecs import hookimpl
+from .plugin.registry import BackendInfo, Registry, get_registry, list_backends
+from .plugin.spec import InputSpec, TensorSpec
+# engines, and how they are checked
+from .engine.engine import Engine
+from .engine.report import Candidate, Report
+from .pipeline.verify import TOLERANCES
+# choosing, techniques, serving, measuring
+from .selection.fastest import select
+from .selection.measured import Selection
+from .techniques.gate import Gate, GateResult, Metric
+from .techniques.prune import PruneReport, PruneResult, prune, prune_iteratively
+from .serving.dynamic_batcher import DynamicBatcher
+from .serving.padding import pad_to_buckets
+from .serving.prediction_cache import CachedEngine
+from .serving.requests import BatcherClosed, BatcherStats, QueueFull
+from .serving.stores import LRUStore, RedisStore
+from .measuring.benchmark import BenchResult, BenchSuite, bench_model, benchmark
+from .measuring.profiling import ProfileResult, profile
+from .measuring.technique_report import OptimizeReport, optimize_report
 
 __all__ = [
-    "Gate", "GateResult", "GateError", "Metric", "prune", "prune_iteratively", "PruneReport", "PruneResult",
-    "optimize_report", "OptimizeReport",
-    "__version__", "compile", "load", "export", "list_backends", "Engine", "BackendInfo",
-    "Backend", "BackendRecord", "Capabilities", "CompileOptions", "Runner", "Availability", "Status", "PRECISIONS",
-    "select", "Selection", "hookimpl", "Registry", "get_registry", "Report", "Candidate", "InputSpec", "TensorSpec", "TOLERANCES",
-    "MotorpoolError", "InputError", "BackendUnavailable", "CompileError", "UnsupportedError", "VerificationError",
-    "ArtifactError", "UnknownBackendError", "PluginError", "DuplicateBackendError", "PluginWarning",
-    "DynamicBatcher", "QueueFull", "BatcherClosed", "BatcherStats", "pad_to_buckets",
-    "CachedEngine", "LRUStore", "RedisStore",
-    "benchmark", "bench_model", "BenchResult", "BenchSuite", "profile", "ProfileResult",
+    "__version__", "compile", "load", "export",
+    "PRECISIONS", "Availability", "Backend", "BackendRecord", "Capabilities", "CompileOptions", "Runner", "Status",
+    "ArtifactError", "BackendUnavailable", "CompileError", "DuplicateBackendError", "GateError", "InputError",
+    "MotorpoolError", "PluginError", "PluginWarning", "UnknownBackendError", "UnsupportedError", "VerificationError",
+    "hardware", "hookimpl", "BackendInfo", "Registry", "get_registry", "list_backends", "InputSpec", "TensorSpec",
+    "Engine", "Candidate", "Report", "TOLERANCES",
+    "select", "Selection", "Gate", "GateResult", "Metric", "PruneReport", "PruneResult", "prune", "prune_iteratively",
+    "DynamicBatcher", "pad_to_buckets", "CachedEngine", "BatcherClosed", "BatcherStats", "QueueFull", "LRUStore",
+    "RedisStore", "BenchResult", "BenchSuite", "bench_model", "benchmark", "ProfileResult", "profile",
+    "OptimizeReport", "optimize_report",
 ]

@@ -15,28 +15,23 @@ few fresh random inputs of the spec and eager PyTorch's outputs for them, stored
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from . import hardware
-from .backend import PRECISIONS, Backend, CompileOptions
-from .errors import BackendUnavailable, UnsupportedError, VerificationError
-from .manifest import ARTIFACT_DIR, jsonable, runtime_versions, write_atomically, write_manifest
-from .registry import get_registry
-from .spec import InputSpec, as_example_tuple, torch_dtype
-from .torchutil import flatten_outputs
-from .verify import compare, tolerance_for
-
-#: where the stored verification inputs and reference outputs live, inside ``artifact/``
-VERIFICATION_DIR = "verification"
-PENDING = "pending_verification"
+from .engine.manifest import ARTIFACT_DIR, build_manifest, runtime_versions, write_atomically, write_manifest
+from .pipeline.prepare import prepare
+from .pipeline.stored import PENDING, store_cases
+from .plugin import hardware
+from .plugin.contract import PRECISIONS, Backend, CompileOptions
+from .plugin.errors import BackendUnavailable, UnsupportedError
+from .plugin.registry import get_registry, safe_availability
+from .plugin.spec import InputSpec, as_example_tuple
+from .selection.dispatch import compile_model
 
 
 def export(model: torch.nn.Module, example_inputs: Any, *, backend: str, path: str | Path, precision: str = "fp32",
@@ -54,8 +49,6 @@ def export(model: torch.nn.Module, example_inputs: Any, *, backend: str, path: s
         raise ValueError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    from .compile import prepare, safe_availability
-
     b = get_registry().get(backend)
     av = safe_availability(b)
     if not av.available and not av.can_export:
@@ -86,9 +79,7 @@ def export(model: torch.nn.Module, example_inputs: Any, *, backend: str, path: s
 def _runnable(b: Backend, model, examples, spec, tree_text, *, device, precision, calibration, options,
               dynamic_batch, dynamic_dims, names):
     """Compile and verify here (the backend can run), then save as ``Engine.save`` does, plus the data."""
-    from .compile import compile as compile_engine
-
-    engine = compile_engine(model, examples, backend=b.name, device=device or "auto", precision=precision,
+    engine = compile_model(model, examples, backend=b.name, device=device or "auto", precision=precision,
                             dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims, input_names=names,
                             calibration=calibration, options=options, verify=True)
 
@@ -96,9 +87,9 @@ def _runnable(b: Backend, model, examples, spec, tree_text, *, device, precision
         art = tmp / ARTIFACT_DIR
         art.mkdir()
         metadata = engine.runner.save(art)
-        manifest = engine._manifest(tree_text, metadata)
+        manifest = engine.manifest_for(tree_text, metadata)
         verification = dict(engine.report.verification or {}, status="verified",
-                            **_store_cases(art, model, engine.input_spec.with_device("cpu"), examples))
+                            **store_cases(art, model, engine.input_spec.with_device("cpu"), examples))
         manifest.update(verification=verification, export=_export_note(b, can_run_here=True))
         write_manifest(tmp, manifest)
 
@@ -118,19 +109,17 @@ def _export_only(b: Backend, av, model, examples, spec, tree_text, *, device, pr
         metadata = b.export(model, examples, opts, art)
         export_time = time.perf_counter() - t0
         stored_spec = _static(spec) if metadata.get("static_shapes") else spec
-        manifest = {
-            "backend": b.name, "backend_version": av.version, "versions": {**runtime_versions(), **av.versions},
-            "device": target, "precision": precision, "input_spec": stored_spec.to_dict(), "output_tree": tree_text,
+        manifest = build_manifest(
+            backend=b.name, backend_version=av.version, versions={**runtime_versions(), **av.versions},
+            device=target, precision=precision, input_spec=stored_spec.to_dict(), output_tree=tree_text,
             # no fingerprint: the artifact was built here for another machine, so "made for other hardware"
             # would be noise on the machine it was made for
-            "hardware": {"fingerprint": None, "summary": None, "built_on": hardware.summary()},
-            "verification": {"status": PENDING, "precision": precision,
-                             "reason": f"{b.name} cannot run here ({av.reason}); motorpool.load verifies it on a "
-                                       "machine that can", **_store_cases(art, model, stored_spec, examples)},
-            "compile_time_s": export_time, "options": jsonable(options), "backend_metadata": metadata,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "export": _export_note(b, can_run_here=False),
-        }
+            hardware={"fingerprint": None, "summary": None, "built_on": hardware.summary()},
+            verification={"status": PENDING, "precision": precision,
+                          "reason": f"{b.name} cannot run here ({av.reason}); motorpool.load verifies it on a "
+                                    "machine that can", **store_cases(art, model, stored_spec, examples)},
+            compile_time_s=export_time, options=options, backend_metadata=metadata,
+            export=_export_note(b, can_run_here=False))
         write_manifest(tmp, manifest)
 
     return fill
@@ -146,74 +135,3 @@ def _static(spec: InputSpec) -> InputSpec:
 def _export_note(b: Backend, *, can_run_here: bool) -> dict[str, Any]:
     return {"built_on": hardware.summary(), "built_on_fingerprint": hardware.fingerprint(),
             "can_run_where_built": can_run_here, "backend": b.name}
-
-
-def _store_cases(art: Path, model: torch.nn.Module, spec: InputSpec, examples: tuple) -> dict[str, Any]:
-    """Draw fresh random inputs of ``spec``, run eager PyTorch on them, store both as ``.npy``.
-
-    Returns the manifest's description of the stored cases (paths relative to ``artifact/``).
-    """
-    from .compile import verification_cases
-
-    seed = int.from_bytes(os.urandom(4), "little")
-    cases = []
-    root = art / VERIFICATION_DIR
-    for i, (label, inputs) in enumerate(verification_cases(spec, examples, seed=seed)):
-        with torch.inference_mode():
-            outputs = flatten_outputs(model(*inputs))
-        case_dir = root / f"case{i}"
-        case_dir.mkdir(parents=True)
-        stored = {"check": label, "inputs": [], "outputs": []}
-        for kind, values in (("inputs", inputs), ("outputs", outputs)):
-            for j, value in enumerate(values):
-                rel = f"{VERIFICATION_DIR}/case{i}/{kind[:-1]}{j}.npy"
-                np.save(art / rel, _to_numpy(value), allow_pickle=False)
-                stored[kind].append(rel)
-        cases.append(stored)
-    return {"seed": seed, "cases": cases}
-
-
-def _to_numpy(x: torch.Tensor) -> np.ndarray:
-    x = x.detach().cpu()
-    if x.dtype == torch.bfloat16:  # NumPy has no bfloat16; the spec's dtype restores it on load
-        x = x.float()
-    return x.numpy()
-
-
-def verify_stored(engine, path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Run the stored inputs through a loaded engine and compare with the stored eager outputs.
-
-    Called by ``motorpool.load`` when the manifest says ``pending_verification``. Returns the figures;
-    raises :class:`VerificationError` with them when the engine does not match at the manifest's precision.
-    """
-    art = Path(path) / ARTIFACT_DIR
-    pending = manifest["verification"]
-    precision = pending.get("precision", manifest["precision"])
-    tol = tolerance_for(precision)
-    spec = engine.input_spec
-    checks = []
-    for case in pending.get("cases", []):
-        inputs = [torch.from_numpy(np.load(art / rel, allow_pickle=False)).to(torch_dtype(t.dtype)).to(spec.device)
-                  for rel, t in zip(case["inputs"], spec.inputs)]
-        reference = [np.load(art / rel, allow_pickle=False) for rel in case["outputs"]]
-        figures = compare(reference, flatten_outputs(engine(*inputs)), tol)
-        figures["check"] = case["check"]
-        checks.append(figures)
-    if not checks:
-        raise VerificationError(f"{path}: the manifest says {PENDING} but stores no cases to verify",
-                                backend=engine.backend)
-    result = {
-        "status": "verified-on-load", "precision": precision,
-        "tolerance": {"atol": tol.atol, "rtol": tol.rtol, "min_cosine": tol.min_cosine},
-        "passed": all(c["passed"] for c in checks),
-        "max_abs_err": max(c.get("max_abs_err", 0.0) for c in checks),
-        "max_rel_err": max(c.get("max_rel_err", 0.0) for c in checks),
-        "min_cosine": min(c.get("cosine", 1.0) for c in checks), "checks": checks,
-    }
-    if not result["passed"]:
-        failed = [f"{c['check']}: {c['problem']}" for c in checks if not c["passed"]]
-        raise VerificationError(f"{path}: the {engine.backend} artifact does not match the eager outputs stored at "
-                                f"export ({precision}): " + "; ".join(failed), backend=engine.backend, figures=result)
-    return result
-
-

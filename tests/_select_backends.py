@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from motorpool import Availability, Backend, Capabilities, CompileOptions, Runner, UnsupportedError
-from motorpool.torchutil import TorchRunner
+from motorpool.plugin.helpers import TorchRunner
 
 #: set by a test to let an in-process "hangy" compile return (so no thread outlives the test run)
 RELEASE = threading.Event()

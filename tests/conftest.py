@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def fresh_registry(monkeypatch):
     """A registry of its own for one test, with autoload off unless the test turns it on."""
     import motorpool
-    from motorpool.registry import set_registry
+    from motorpool.plugin.registry import set_registry
 
     monkeypatch.setenv("MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD", "1")
     reg = motorpool.Registry()

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import motorpool
-from motorpool import artifact_cache as ac
+from motorpool.engine import artifact_cache as ac
+from motorpool.engine.manifest import read_manifest
 from motorpool.testing import zoo
 
 BACKEND = "torchscript"  # cheap to compile, serializable, and compile_cost "low" (so it is cached)
@@ -158,7 +159,7 @@ def test_backend_version_change_misses(cache_root, compile_calls, monkeypatch):
 
 
 def test_hardware_change_misses(cache_root, compile_calls, monkeypatch):
-    from motorpool import hardware
+    from motorpool.plugin import hardware
 
     model, x = _mlp()
     motorpool.compile(model, x, backend=BACKEND)
@@ -261,7 +262,7 @@ def test_concurrent_processes_compiling_one_key(cache_root):
     assert len(entries) == 1, entries
     leftovers = [p for p in (cache_root / "engines" / BACKEND).iterdir() if p.name.startswith(".")]
     assert not leftovers, leftovers
-    motorpool.manifest.read_manifest(entries[0] / "engine")  # checksums hold
+    read_manifest(entries[0] / "engine")  # checksums hold
     engine = motorpool.compile(*_mlp(), backend=BACKEND, cache=True)
     assert engine.report.load_time_s is not None
 

@@ -162,10 +162,10 @@ def test_full_queue_rejects_at_once(gated):
     try:
         first = hold(model, batcher)
         queued = [batcher.submit(torch.randn(1, 6)) for _ in range(3)]
-        t0 = time.monotonic()
         with pytest.raises(QueueFull, match="queue is full"):
             batcher.submit(torch.randn(1, 6))
-        assert time.monotonic() - t0 < 0.5
+        # refused while the held batch still runs: submit never waited for room in the queue
+        assert not first.done() and not any(f.done() for f in queued)
         assert isinstance(QueueFull("x", max_queue=1), motorpool.MotorpoolError)
         model.gate.set()
         for f in [first, *queued]:
@@ -202,10 +202,8 @@ def test_timeout_fires_while_idle_without_traffic(gated):
     _, engine = gated
     with DynamicBatcher(engine, max_batch_size=64, max_delay_ms=10_000, timeout_ms=20) as batcher:
         f = batcher.submit(torch.randn(1, 6))
-        t0 = time.monotonic()
         with pytest.raises(TimeoutError, match="past its timeout"):  # not result()'s own wait running out
             f.result(5)  # failed by the worker's timed wait, not by a later request
-        assert time.monotonic() - t0 < 4
         assert batcher.stats().timed_out == 1
 
 

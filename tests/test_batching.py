@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import motorpool
 from motorpool import InputError
+from motorpool.engine.batching import map_batches
 from motorpool.testing import zoo
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -48,7 +49,7 @@ def test_single_samples_in_order_full_batches(mlp_dynamic):
     model, engine = mlp_dynamic
     xs = [torch.randn(32) for _ in range(10)]
     rec = Recording(engine)
-    out = list(motorpool.batching.map_batches(rec, xs, batch_size=4))
+    out = list(map_batches(rec, xs, batch_size=4))
     assert rec.calls == [(4, 32), (4, 32), (2, 32)]  # dynamic batch: the last one runs short, unpadded
     assert len(out) == 10
     for x, y in zip(xs, out):
@@ -60,7 +61,7 @@ def test_static_engine_pads_last_batch_and_trims(mlp_static):
     model, engine = mlp_static
     xs = [torch.randn(32) for _ in range(10)]
     rec = Recording(engine)
-    out = list(motorpool.batching.map_batches(rec, xs))  # batch_size defaults to the static batch
+    out = list(map_batches(rec, xs))  # batch_size defaults to the static batch
     assert rec.calls == [(4, 32), (4, 32), (4, 32)]
     assert len(out) == 10 and all(y.shape == (10,) for y in out)
     torch.testing.assert_close(torch.stack(out), model(torch.stack(xs)), **TOL)
@@ -72,7 +73,7 @@ def test_small_batches_split_across_batches(mlp_dynamic):
     model, engine = mlp_dynamic
     items = [torch.randn(n, 32) for n in (3, 5, 1, 7, 2)]
     rec = Recording(engine)
-    out = list(motorpool.batching.map_batches(rec, items, batch_size=4))
+    out = list(map_batches(rec, items, batch_size=4))
     assert [c[0] for c in rec.calls] == [4, 4, 4, 4, 2]  # 18 rows: items straddle batch boundaries
     for x, y in zip(items, out):
         assert y.shape == (x.shape[0], 10)

@@ -12,7 +12,7 @@ import torch
 
 import motorpool
 from motorpool import CachedEngine, DynamicBatcher, InputError, LRUStore, RedisStore
-from motorpool.cache import decode_entry, encode_entry
+from motorpool.serving.entries import decode_entry, encode_entry
 from motorpool.testing import zoo
 
 

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import motorpool
 
 
@@ -32,7 +34,12 @@ def test_demo_prints_one_table():
     out = motorpool_cli("demo", "--model", "mlp", "--seconds", "0.05", "--backends", "eager,torchscript").stdout
     lines = [line for line in out.splitlines() if line.startswith(("eager ", "torchscript "))]
     assert len(lines) == 2 and all(" ok " in line for line in lines), out
-    assert "1.00x" in out
+    # "vs eager" is eager's p50 over the row's, from the same run
+    head = next(line for line in out.splitlines() if line.startswith("backend"))
+    assert head.split()[:10] == ["backend", "status", "compile", "s", "p50", "ms", "p90", "ms", "vs", "eager"], head
+    rows = {line.split()[0]: line.split() for line in lines}  # name, status, compile s, p50, p90, vs eager, ...
+    eager_ms, ts = float(rows["eager"][3]), rows["torchscript"]
+    assert float(ts[5].rstrip("x")) == pytest.approx(eager_ms / float(ts[3]), abs=0.011), out
 
 
 def test_no_command_prints_help():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from motorpool.cli import main
-from motorpool.errors import InputError
-from motorpool.modelref import load_model
+from motorpool.plugin.errors import InputError
+from motorpool.cli.modelref import load_model
 
 FACTORY = textwrap.dedent('''
     import torch

@@ -15,11 +15,11 @@ import torch
 
 import motorpool
 from motorpool import BackendUnavailable, CompileOptions, InputError, Status, UnsupportedError
-from motorpool.backends.coreml import (ARTIFACT, MACOS_ONLY, CoreMLBackend, CoreMLRunner, check_program,
-                                       dim_ranges)
-from motorpool.spec import InputSpec, input_names
+from motorpool.backends.coreml import ARTIFACT, MACOS_ONLY, CoreMLBackend, CoreMLRunner
+from motorpool.backends.coreml.convert import check_program, dim_ranges
+from motorpool.plugin.spec import InputSpec, input_names
 from motorpool.testing.zoo import ZOO
-from motorpool.torchutil import flatten_outputs
+from motorpool.plugin.helpers import flatten_outputs
 
 BACKEND = CoreMLBackend()
 AVAILABILITY = BACKEND.availability()

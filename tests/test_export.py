@@ -20,8 +20,8 @@ import motorpool
 from motorpool import (ArtifactError, Availability, Backend, BackendUnavailable, Capabilities, CompileOptions,
                        VerificationError)
 from motorpool.backends.torchscript import TorchScriptRunner
-from motorpool.manifest import ARTIFACT_DIR, MANIFEST, read_manifest, sha256
-from motorpool.registry import Registry, set_registry
+from motorpool.engine.manifest import ARTIFACT_DIR, MANIFEST, read_manifest, sha256
+from motorpool.plugin.registry import Registry, set_registry
 from motorpool.testing.zoo import ZOO
 
 COREML = motorpool.get_registry().get("coreml").availability()

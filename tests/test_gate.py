@@ -12,7 +12,7 @@ import torch
 
 import motorpool
 from motorpool import ArtifactError, CompileError, Gate, GateError, InputError, Metric
-from motorpool.gate import accuracy, cosine, max_abs_error, top1_agreement
+from motorpool.techniques.gate import accuracy, cosine, max_abs_error, top1_agreement
 from motorpool.testing.zoo import get
 
 

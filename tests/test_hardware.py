@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from motorpool import hardware
-from motorpool.hardware import CPUInfo, GPUInfo, Hardware
+from motorpool.plugin import hardware
+from motorpool.plugin.hardware import CPUInfo, GPUInfo, Hardware
 
 SAPPHIRE_RAPIDS = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -21,7 +21,7 @@ import pytest
 
 import motorpool
 import motorpool.backends
-from motorpool import hookspecs
+from motorpool.plugin import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 #: runtimes that must never be imported by importing a motorpool module
@@ -181,7 +181,7 @@ def import_results():
 
 def test_module_list_is_complete():
     names = all_modules()
-    assert "motorpool.registry" in names and "motorpool.backends.eager" in names
+    assert "motorpool.plugin.registry" in names and "motorpool.backends.eager" in names
     assert "motorpool.testing.conformance" in names and "motorpool.testing.plugin" in names
 
 

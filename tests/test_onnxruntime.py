@@ -119,7 +119,7 @@ def test_exporter_falls_back_to_torchscript_with_both_reasons():
 
 
 def test_every_exporter_failing_names_each_reason(monkeypatch):
-    from motorpool.backends import _onnx_export
+    from motorpool.backends.onnxruntime import export as _onnx_export
 
     def broken(*args, **kwargs):
         raise RuntimeError("exporter exploded")

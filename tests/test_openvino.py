@@ -95,7 +95,7 @@ def test_save_keeps_full_precision_ir_and_load_uses_the_model_cache(mlp_engine, 
     assert bin_.stat().st_size >= 4 * weights  # fp32 on disk: compress_to_fp16=False
     meta = json.loads((path / "manifest.json").read_text())["backend_metadata"]
     assert meta["config"]["INFERENCE_PRECISION_HINT"] == "f32"
-    from motorpool.backend import CompileOptions
+    from motorpool.plugin.contract import CompileOptions
     from motorpool.backends.openvino import OpenVINOBackend
 
     cache = tmp_path / "ov-cache"

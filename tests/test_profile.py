@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import motorpool
-from motorpool.profile import STAGES, OperatorStat, summarize_ort_profile
+from motorpool.backends.onnxruntime.profiling import summarize_ort_profile
+from motorpool.measuring.profiling import STAGES
+from motorpool.plugin import OperatorStat
 from motorpool.testing import zoo
 
 
@@ -64,8 +66,9 @@ def test_bad_inputs_are_an_input_error(cnn):
         motorpool.profile(engine, x, calls=0)
 
 
+@pytest.mark.backend("onnxruntime")
 def test_ort_profile_summary(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
     model, x = zoo.get("mlp").build(batch=2)
     path = tmp_path / "m.onnx"
     torch.onnx.export(model, x, str(path), input_names=["x"], dynamo=False)
@@ -81,11 +84,9 @@ def test_ort_profile_summary(tmp_path):
     assert any(s.kind in ("Gemm", "MatMul") for s in stats), stats
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("runtime", [pytest.param("onnxruntime", marks=pytest.mark.backend("onnxruntime")),
+                                     pytest.param("openvino", marks=pytest.mark.backend("openvino"))])
 def test_runtime_profilers_list_nodes(runtime):
-    info = {b.name: b for b in motorpool.list_backends()}.get(runtime)
-    if info is None or not info.available:
-        pytest.skip(info.reason if info else f"{runtime} is not registered")
     model, x = zoo.get("tuple_out").build(batch=3)
     engine = motorpool.compile(model, x, backend=runtime, cache=False)
     result = motorpool.profile(engine, x, calls=3, top=3, operator_runs=2)

@@ -8,7 +8,7 @@ from torch import nn
 
 import motorpool
 from motorpool import InputError, UnsupportedError
-from motorpool.prune import prune_iteratively
+from motorpool.techniques.prune import prune_iteratively
 from motorpool.testing.zoo import get
 
 from _digits import accuracy, digits_data, held_out, trained

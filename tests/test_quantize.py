@@ -8,7 +8,7 @@ from torch import nn
 
 import motorpool
 from motorpool import InputError, UnsupportedError
-from motorpool.quantize import calibration_batches, cast_model
+from motorpool.plugin.torch_precision import calibration_batches, cast_model
 from motorpool.testing.zoo import get
 
 from _digits import held_out, trained

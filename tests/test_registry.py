@@ -11,7 +11,7 @@ import pytest
 
 import motorpool
 from motorpool.backends.eager import EagerBackend
-from motorpool.registry import Registry
+from motorpool.plugin.registry import Registry
 
 
 def make_dist(root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
@@ -86,7 +86,7 @@ def test_broken_plugin_is_skipped_with_its_distribution(plugin_path, monkeypatch
 def test_list_backends_survives_a_broken_plugin(plugin_path, monkeypatch):
     make_dist(plugin_path, "toy-broken2", {"toybroken2": "toy_broken2"}, {"toy_broken2": "1/0\n"})
     monkeypatch.setenv("MOTORPOOL_PLUGINS", "toybroken2,eager")
-    from motorpool.registry import set_registry
+    from motorpool.plugin.registry import set_registry
 
     previous = set_registry(Registry())
     try:

@@ -13,13 +13,14 @@ import motorpool
 from motorpool import Availability, Backend, Capabilities
 from motorpool.backends.eager import EagerBackend
 from motorpool.backends.torchscript import TorchScriptBackend
-from motorpool.compile import safe_availability
-from motorpool.decisions import Decision, DecisionCache, decision_key, model_fingerprint
-from motorpool.progress import Progress
-from motorpool.ranking import rank
-from motorpool.spec import InputSpec
+from motorpool.plugin.registry import safe_availability
+from motorpool.engine.fingerprint import model_fingerprint
+from motorpool.selection.decisions import Decision, DecisionCache, decision_key
+from motorpool.selection.progress import Progress
+from motorpool.selection.ranking import rank
+from motorpool.plugin.spec import InputSpec
 from motorpool.testing import zoo
-from motorpool.timing import Objective, measure
+from motorpool.selection.timing import Objective, measure
 
 # fastest's child processes import the fake backends by module path: make that path importable everywhere
 sys.path.insert(0, str(Path(__file__).parent))

@@ -17,12 +17,13 @@ import torch
 import motorpool
 from motorpool import BackendUnavailable, CompileOptions, InputError, Status, UnsupportedError
 from motorpool.backends import tensorrt as trt
-from motorpool.spec import InputSpec
+from motorpool.plugin.spec import InputSpec
 from motorpool.testing.zoo import ZOO
 
 BACKEND = trt.TensorRTBackend()
 AVAILABILITY = BACKEND.availability()
-needs_tensorrt = pytest.mark.skipif(not AVAILABILITY.available, reason=AVAILABILITY.reason)
+#: the testing kit's marker: skips with the backend's own availability reason
+needs_tensorrt = pytest.mark.backend("tensorrt")
 
 
 # -- availability: each way of not running, with its fix ---------------------------------------------------

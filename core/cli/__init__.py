@@ -12,7 +12,7 @@ COMMANDS = ["doctor", "demo", "compile", "run", "bench", "profile", "cache", "op
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from motorpool import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="motorpool", description="Compile a PyTorch model for the fastest "
                                      "inference engine on this machine, verified.")

@@ -1,5 +1,5 @@
 import sys
 
-from motorpool.cli import main
+from . import main
 
 sys.exit(main())

@@ -27,6 +27,6 @@ def csv_ints(text: str) -> list[int]:
 
 
 def load_model_arg(ref: str, *, batch: int | None = None):
-    from motorpool.modelref import load_model
+    from .modelref import load_model
 
     return load_model(ref, batch=batch)

@@ -5,7 +5,7 @@ writes a terminal table plus JSON, Markdown and a PNG chart (``--out``)."""
 
 from __future__ import annotations
 
-from motorpool.cli._args import add_model_argument, csv_ints, csv_list, load_model_arg
+from ._args import add_model_argument, csv_ints, csv_list, load_model_arg
 
 
 def register(sub) -> None:
@@ -56,9 +56,9 @@ def run(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from motorpool import InputError, UnknownBackendError
-    from motorpool.bench_output import print_table, write_all
-    from motorpool.benchmark import SCENARIOS, bench_model, steps_per_engine
+    from .. import InputError, UnknownBackendError
+    from ..measuring.bench_output import print_table, write_all
+    from ..measuring.benchmark import SCENARIOS, bench_model, steps_per_engine
 
     console = Console(stderr=True)
     scenarios = csv_list(args.scenarios)

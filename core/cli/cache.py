@@ -1,4 +1,4 @@
-"""``motorpool cache ls|clear|prune``: the on-disk cache of compiled engines (see motorpool.artifact_cache)."""
+"""``motorpool cache ls|clear|prune``: the on-disk cache of compiled engines (see motorpool.engine.artifact_cache)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def _ls(args) -> int:
-    from motorpool import artifact_cache as ac
+    from ..engine import artifact_cache as ac
 
     root = ac.cache_dir(create=False)
     found = ac.entries(root)
@@ -38,7 +38,7 @@ def _ls(args) -> int:
 
 
 def _clear(args) -> int:
-    from motorpool import artifact_cache as ac
+    from ..engine import artifact_cache as ac
 
     n = ac.clear()
     print(f"removed {n} cached engine(s) from {ac.cache_dir(create=False)}")
@@ -46,7 +46,7 @@ def _clear(args) -> int:
 
 
 def _prune(args) -> int:
-    from motorpool import artifact_cache as ac
+    from ..engine import artifact_cache as ac
 
     if args.max_size is None and args.older_than_days is None:
         print("error: say what to prune: --max-size SIZE and/or --older-than-days DAYS")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from motorpool.cli._args import add_model_argument
+from ._args import add_model_argument
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import motorpool
-    from motorpool.modelref import load_model
+    from .modelref import load_model
 
     backend = args.backend if "," not in args.backend else [b.strip() for b in args.backend.split(",") if b.strip()]
     try:

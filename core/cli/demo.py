@@ -32,7 +32,7 @@ def run(args) -> int:
     import torch
 
     import motorpool
-    from motorpool.testing import zoo
+    from ..testing import zoo
 
     torch.manual_seed(0)
     case = zoo.get(args.model)

@@ -13,14 +13,15 @@ def register(sub) -> None:
 
 
 def collect() -> dict:
-    from motorpool import __version__, hardware, list_backends
-    from motorpool.registry import get_registry
+    from .. import __version__, list_backends
+    from ..plugin import hardware
+    from ..plugin.registry import get_registry
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = list_backends()
     skipped = [{"plugin": p, "distribution": d, "reason": r} for p, d, r in get_registry().skipped]
-    from motorpool.ranking import rank
+    from ..selection.ranking import rank
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

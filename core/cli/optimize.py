@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from motorpool.cli._args import MODEL_HELP, csv_list
+from ._args import MODEL_HELP, csv_list
 
 
 def register(sub) -> None:
@@ -28,21 +28,22 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from motorpool import Gate, MotorpoolError
-    from motorpool.modelref import load_model
-    from motorpool.optimize_report import DEFAULT_TECHNIQUES, default_metric, optimize_report
-    from motorpool.spec import InputSpec
+    from .. import Gate, MotorpoolError
+    from .modelref import load_model
+    from ..measuring.technique_report import default_metric, default_techniques, optimize_report
+    from ..plugin.spec import InputSpec
 
     try:
         loaded = load_model(args.model, batch=args.batch)
     except (MotorpoolError, ValueError, ImportError) as exc:
         print(f"motorpool optimize: {exc}", file=sys.stderr)
         return 2
-    techniques = list(DEFAULT_TECHNIQUES)
+    every = default_techniques()
+    techniques = list(every)
     if args.techniques:
         techniques = [t for t in techniques if any(k.lower() in t.name.lower() for k in args.techniques)]
         if not techniques:
-            names = "; ".join(t.name for t in DEFAULT_TECHNIQUES)
+            names = "; ".join(t.name for t in every)
             print(f"motorpool optimize: --techniques {args.techniques} matches none of: {names}", file=sys.stderr)
             return 2
     # no user data on the command line: fresh random inputs of the model's spec, so the metric says how

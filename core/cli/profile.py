@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from motorpool.cli._args import MODEL_HELP
+from ._args import MODEL_HELP
 
 
 def register(sub) -> None:
@@ -24,9 +24,9 @@ def run(args) -> int:
     from pathlib import Path
 
     import motorpool
-    from motorpool.benchmark import inputs_at_batch
-    from motorpool.modelref import load_model
-    from motorpool.profile import profile
+    from ..measuring.benchmark import inputs_at_batch
+    from .modelref import load_model
+    from ..measuring.profiling import profile
 
     try:
         if Path(args.model).is_dir():

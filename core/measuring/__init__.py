@@ -1,0 +1,9 @@
+"""Measuring engines and techniques on this machine.
+
+:mod:`.scenarios` (single-stream, offline and server, after MLPerf LoadGen), :mod:`.benchmark` (one engine, or
+a model over backends x precisions), :mod:`.bench_output` (tables, JSON, Markdown, the chart),
+:mod:`.profiling` (where a call's time goes) and :mod:`.technique_report` (``motorpool.optimize_report``).
+
+May import: :mod:`motorpool.selection` (to compile as ``compile`` does), :mod:`motorpool.serving`,
+:mod:`motorpool.techniques`, :mod:`motorpool.pipeline`, :mod:`motorpool.engine`, :mod:`motorpool.plugin`.
+"""

@@ -1,0 +1,219 @@
+"""Writing a :class:`~motorpool.measuring.benchmark.BenchSuite`: a terminal table (rich), JSON, Markdown, and a PNG chart
+of latency and throughput against batch size, one line per backend and precision (matplotlib)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..engine.artifact_cache import format_size
+from .benchmark import BenchResult, BenchSuite
+
+COLUMNS = ("backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "stable", "offline /s", "compile s",
+           "load s", "1st call s", "peak RSS MiB", "artifact")
+
+
+def _ms(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.3f}" if x < 100 else f"{x:.1f}"
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return format_size(n)
+
+
+def rows(suite: BenchSuite) -> list[list[str]]:
+    """The table's rows as strings: one per engine and batch size; engine-wide figures on its first row."""
+    out = []
+    for r in suite.results:
+        if r.status != "ok":
+            out.append([r.backend, r.precision, "-", r.status, "", "", "", "", "", "", "", "", _short(r.reason)])
+            continue
+        for i, b in enumerate(r.batches):
+            ss, off = b.single_stream or {}, b.offline or {}
+            first = i == 0
+            out.append([
+                r.backend if first else "", r.precision if first else "", str(b.batch),
+                _ms(ss.get("p50_ms")), _ms(ss.get("p90_ms")), _ms(ss.get("p99_ms")),
+                ("yes" if ss.get("stable") else "no") if ss else "-",
+                f"{off['throughput_per_s']:.0f}" if off else "-",
+                _s(r.compile_time_s) if first else "", _s(r.load_time_s) if first else "",
+                _s(r.first_call_s) if first else "", f"{r.peak_rss_mb:.0f}" if first and r.peak_rss_mb else "",
+                _size(r.artifact_bytes) if first else "",
+            ])
+    return out
+
+
+def _short(text: str, n: int = 90) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def server_lines(suite: BenchSuite) -> list[str]:
+    lines = []
+    for r in suite.results:
+        s = r.server
+        if not s:
+            continue
+        if "skipped" in s:
+            lines.append(f"{r.label}: server scenario skipped: {s['skipped']}")
+        elif s.get("max_rate_per_s") is None:
+            lines.append(f"{r.label}: server: {s.get('note', 'no rate met the bound')}")
+        else:
+            lines.append(f"{r.label}: server: {s['max_rate_per_s']:.0f} queries/s at p99 <= {s['p99_bound_ms']:.3g} ms "
+                         f"(dynamic batcher, max batch {s['max_batch_size']}, max delay {s['max_delay_ms']} ms; "
+                         f"{len(s['trials'])} trials)" + (f"; {s['note']}" if s.get("note") else ""))
+    return lines
+
+
+def notes(suite: BenchSuite) -> list[str]:
+    out = []
+    for r in suite.results:
+        for n in r.notes:
+            out.append(f"{r.label}: {n}")
+        for b in r.batches:
+            if b.note:
+                out.append(f"{r.label} batch {b.batch}: {b.note}")
+            ss = b.single_stream or {}
+            if ss.get("note") and not ss.get("stable", True):
+                out.append(f"{r.label} batch {b.batch}: {ss['note']}")
+    return out
+
+
+def rich_table(suite: BenchSuite):
+    from rich.table import Table
+
+    table = Table(title=f"motorpool bench: {suite.model}", caption=suite.machine.get("summary", ""),
+                  title_justify="left", caption_justify="left")
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c in ("backend", "precision", "stable") else "right",
+                         overflow="fold")
+    for row in rows(suite):
+        table.add_row(*row)
+    return table
+
+
+def print_table(suite: BenchSuite, console=None) -> None:
+    from rich.console import Console
+
+    if console is None:
+        # piped or captured output gets the table's natural width rather than 80 folded columns
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+    console.print(rich_table(suite))
+    for line in server_lines(suite) + notes(suite):
+        console.print(line, markup=False, highlight=False)
+
+
+def to_json(suite: BenchSuite) -> dict[str, Any]:
+    return suite.to_dict()
+
+
+def write_json(suite: BenchSuite, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(to_json(suite), indent=2, default=str))
+    return path
+
+
+def to_markdown(suite: BenchSuite) -> str:
+    cfg = suite.config
+    lines = [f"# motorpool bench: {suite.model}", "",
+             f"- machine: {suite.machine.get('summary')} (fingerprint `{suite.machine.get('fingerprint')}`), "
+             f"torch {suite.machine.get('torch')}, motorpool {suite.machine.get('motorpool')}",
+             f"- scenarios: {', '.join(cfg.get('scenarios', []))}; batch sizes {cfg.get('batch_sizes')}; "
+             f"time budget {cfg.get('time_budget_s')} s per scenario and batch size",
+             f"- measured {suite.created}", "",
+             "| " + " | ".join(COLUMNS) + " |",
+             "|" + "|".join("---" if c in ("backend", "precision", "stable") else "---:" for c in COLUMNS) + "|"]
+    for row in rows(suite):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    extra = server_lines(suite) + notes(suite)
+    if extra:
+        lines.append("")
+        lines += [f"- {x}" for x in extra]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(suite: BenchSuite, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(to_markdown(suite))
+    return path
+
+
+def plot(suite: BenchSuite, path: str | Path) -> Path:
+    """A PNG: p50 latency per sample (with p90-p99 band) and offline throughput against batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    ok = [r for r in suite.results if r.status == "ok" and r.batches]
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    for r in ok:
+        pts = [(b.batch, b.single_stream) for b in r.batches if b.single_stream]
+        if pts:
+            xs = [p[0] for p in pts]
+            line, = ax_lat.plot(xs, [p[1]["p50_ms"] for p in pts], marker="o", label=f"{r.label} p50")
+            ax_lat.fill_between(xs, [p[1]["p90_ms"] for p in pts], [p[1]["p99_ms"] for p in pts],
+                                color=line.get_color(), alpha=0.15)
+            unsettled = [p for p in pts if not p[1].get("stable", True)]
+            if unsettled:  # hollow markers: the median had not settled when the budget ran out
+                ax_lat.plot([p[0] for p in unsettled], [p[1]["p50_ms"] for p in unsettled], linestyle="none",
+                            marker="o", markersize=9, markerfacecolor="white", color=line.get_color())
+        thr = [(b.batch, b.offline["throughput_per_s"]) for b in r.batches if b.offline]
+        if thr:
+            ax_thr.plot([t[0] for t in thr], [t[1] for t in thr], marker="s", label=r.label)
+    for ax in (ax_lat, ax_thr):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.grid(True, which="both", alpha=0.3)
+        batches = sorted({b.batch for r in ok for b in r.batches})
+        if batches:
+            ax.set_xticks(batches, [str(b) for b in batches])
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax_lat.set_yscale("log")
+    ax_lat.yaxis.set_major_formatter(plain)
+    ax_lat.set_ylabel("latency per call, ms (line p50, band p90..p99)")
+    ax_lat.set_title("single-stream latency (hollow: median not settled)")
+    ax_thr.set_yscale("log")
+    ax_thr.yaxis.set_major_formatter(plain)
+    ax_thr.yaxis.set_minor_formatter(plain)
+    ax_thr.set_ylabel("samples / s")
+    ax_thr.set_title("offline throughput")
+    if ok:
+        ax_lat.legend(fontsize=8)
+        ax_thr.legend(fontsize=8)
+    failed = [f"{r.label}: {r.status}" for r in suite.results if r.status != "ok"]
+    where = suite.machine.get("cpu") or suite.machine.get("summary", "").split(" (")[0]
+    load = suite.machine.get("load_average")
+    fig.suptitle(f"motorpool bench: {suite.model} on {where}"
+                 + (f" ({suite.machine.get('cores')} cores, load average {load[0]:.1f} at start)" if load else "")
+                 + (f"\n(not measured: {'; '.join(failed)})" if failed else ""), fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_all(suite: BenchSuite, out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
+    """JSON, Markdown and PNG into ``out_dir`` (created); returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"json": write_json(suite, out / f"{stem}.json"), "markdown": write_markdown(suite, out / f"{stem}.md"),
+            "chart": plot(suite, out / f"{stem}.png")}
+
+
+__all__ = ["rows", "rich_table", "print_table", "to_json", "write_json", "to_markdown", "write_markdown", "plot",
+           "write_all", "BenchResult", "BenchSuite"]

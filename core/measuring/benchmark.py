@@ -1,0 +1,256 @@
+"""Benchmarking engines: :func:`benchmark` measures one engine in the scenarios of :mod:`.scenarios`;
+:func:`bench_model` compiles a model for backends x precisions and measures each, with compile time, load
+time, first-call time, peak resident memory and artifact size. Timings on a shared machine are noisy:
+compare figures measured side by side in one run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from .._version import __version__
+from ..engine.saved import open_saved
+from ..pipeline.candidate import reason
+from ..plugin import hardware
+from ..plugin.errors import BackendUnavailable, UnsupportedError
+from ..plugin.spec import as_example_tuple
+from ..selection.dispatch import compile_model
+from .scenarios import (PeakRSS, StepCallback, inputs_at_batch, offline, server, single_stream)
+
+SCENARIOS = ("single_stream", "offline", "server")
+
+
+# -- results -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchFigures:
+    """What one batch size measured. Latencies in milliseconds, throughput in samples per second."""
+
+    batch: int
+    single_stream: dict[str, Any] | None = None
+    offline: dict[str, Any] | None = None
+    note: str = ""
+
+
+@dataclass
+class BenchResult:
+    """One engine's figures (a row group of the bench table)."""
+
+    backend: str
+    device: str
+    precision: str
+    batches: list[BatchFigures] = field(default_factory=list)
+    server: dict[str, Any] | None = None
+    compile_time_s: float | None = None
+    load_time_s: float | None = None
+    first_call_s: float | None = None
+    peak_rss_mb: float | None = None
+    artifact_bytes: int | None = None
+    status: str = "ok"  # "ok", "failed", "unavailable"
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.precision}"
+
+    def figures(self, batch: int) -> BatchFigures | None:
+        return next((b for b in self.batches if b.batch == batch), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchSuite:
+    """Every engine measured by one ``bench`` run, with what was asked and where it ran."""
+
+    model: str
+    results: list[BenchResult]
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "created": self.created, "config": self.config, "machine": self.machine,
+                "results": [r.to_dict() for r in self.results]}
+
+
+
+
+def benchmark(engine: Any, inputs: Sequence[Any] | None = None, *, batch_sizes: Sequence[int] | None = None,
+              scenarios: Sequence[str] = ("single_stream", "offline"), time_budget_s: float = 2.0,
+              warmup: int = 3, min_calls: int = 20, stability_tol: float = 0.05, offline_workers: int = 1,
+              p99_bound_ms: float | None = None, server_budget_s: float | None = None,
+              server_max_batch: int | None = None, server_delay_ms: float = 2.0,
+              on_step: StepCallback | None = None) -> BenchResult:
+    """Measure ``engine`` in LoadGen's scenarios; see the module docstring.
+
+    ``inputs``: what the engine is called with (their rows are reused for every batch size); fresh random
+    inputs of its spec when omitted. ``batch_sizes`` defaults to the inputs' batch. ``time_budget_s`` is the
+    budget of each scenario at each batch size. ``p99_bound_ms`` for the server scenario defaults to ten
+    times the single-stream p50 at batch 1 (at least 10 ms).
+    """
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {sorted(unknown)}; choose from: {', '.join(SCENARIOS)}")
+    spec = engine.input_spec
+    if inputs is not None:
+        inputs = tuple(inputs)
+        spec.check(inputs)
+    if not batch_sizes:
+        batch_sizes = [inputs[0].shape[0] if inputs else spec.example_sizes.get("batch", 1)]
+    if any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes: expected positive ints, got {list(batch_sizes)}")
+    result = BenchResult(engine.backend, engine.device, engine.precision,
+                         compile_time_s=engine.report.compile_time_s, load_time_s=engine.report.load_time_s)
+    with PeakRSS() as rss:
+        for b in batch_sizes:
+            fig = BatchFigures(b)
+            result.batches.append(fig)
+            try:
+                x = inputs_at_batch(spec, b, inputs)
+            except UnsupportedError as exc:
+                fig.note = str(exc)
+                continue
+            if "single_stream" in scenarios:
+                fig.single_stream = single_stream(engine, x, budget_s=time_budget_s, warmup=warmup,
+                                                  min_calls=min_calls, stability_tol=stability_tol)
+                if on_step:
+                    on_step(f"single-stream batch {b}")
+            if "offline" in scenarios:
+                fig.offline = offline(engine, x, budget_s=time_budget_s, workers=offline_workers)
+                if on_step:
+                    on_step(f"offline batch {b}")
+        if "server" in scenarios:
+            result.server = _server_scenario(engine, spec, inputs, result, p99_bound_ms=p99_bound_ms,
+                                             budget_s=server_budget_s or 5 * time_budget_s,
+                                             max_batch=server_max_batch or max(batch_sizes),
+                                             delay_ms=server_delay_ms, on_step=on_step)
+    result.peak_rss_mb = rss.peak_mb
+    return result
+
+
+def _server_scenario(engine, spec, inputs, result: BenchResult, *, p99_bound_ms, budget_s, max_batch, delay_ms,
+                     on_step) -> dict[str, Any]:
+    one = inputs_at_batch(spec, 1, inputs)
+    base = result.figures(1)
+    stream = base.single_stream if base and base.single_stream else single_stream(engine, one, budget_s=0.5)
+    # the median, not the tail: a default bound derived from a noisy p99 would excuse that very noise
+    bound = p99_bound_ms if p99_bound_ms is not None else max(10.0, 10 * stream["p50_ms"])
+    rows = max(64, max_batch)
+    pool = inputs_at_batch(spec, rows, inputs, seed=1)
+    start = 0.5 * 1e3 / max(stream["p50_ms"], 1e-3)  # half of what one-at-a-time calls could sustain
+    out = server(engine, pool, p99_bound_ms=bound, budget_s=budget_s, start_rate=start, max_batch_size=max_batch,
+                 max_delay_ms=delay_ms, on_step=on_step)
+    out["bound_source"] = "given" if p99_bound_ms is not None else "10 x single-stream p50 at batch 1 (min 10 ms)"
+    return out
+
+
+# -- many engines -------------------------------------------------------------------------------------------------
+
+
+def artifact_size(engine: Any) -> tuple[int | None, float | None, Any, str]:
+    """Save ``engine`` to a temporary directory: (bytes, load seconds, loaded engine, note)."""
+    tmp = Path(tempfile.mkdtemp(prefix="motorpool-bench-"))
+    try:
+        try:
+            engine.save(tmp / "engine")
+        except UnsupportedError as exc:
+            return None, None, None, f"not serializable: {exc}"
+        size = sum(p.stat().st_size for p in (tmp / "engine").rglob("*") if p.is_file())
+        t0 = time.perf_counter()
+        loaded = open_saved(tmp / "engine")
+        return size, time.perf_counter() - t0, loaded, ""
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequence[str],
+                precisions: Sequence[str] = ("fp32",), batch_sizes: Sequence[int] = (1, 8, 32),
+                scenarios: Sequence[str] = ("single_stream", "offline"), time_budget_s: float = 1.0,
+                measure_load: bool = True, verify: bool = True, calibration: Iterable[Any] | None = None,
+                compile_options: dict[str, Any] | None = None, model_name: str = "model",
+                on_step: StepCallback | None = None, on_result: Callable[[BenchResult], None] | None = None,
+                **bench_kwargs: Any) -> BenchSuite:
+    """Compile ``model`` for every backend x precision and :func:`benchmark` each engine.
+
+    Compiles bypass the artifact cache, so ``compile_time_s`` is a real compile. With ``measure_load`` each
+    engine is saved to a temporary directory and loaded back: ``artifact_bytes``, ``load_time_s`` and the
+    loaded engine's ``first_call_s`` (a cold start). A backend that is unavailable or fails is a row saying
+    why, never an exception.
+    """
+    examples = as_example_tuple(example_inputs)
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results = []
+    for backend in backends:
+        for precision in precisions:
+            row = _bench_one(model, examples, backend, precision, batch_sizes=batch_sizes, scenarios=scenarios,
+                             time_budget_s=time_budget_s, measure_load=measure_load, verify=verify,
+                             calibration=calibration, compile_options=compile_options, on_step=on_step,
+                             **bench_kwargs)
+            results.append(row)
+            if on_result:
+                on_result(row)
+    hw = hardware.detect()
+    machine = {"summary": hardware.summary(), "cpu": hw.cpu.model, "fingerprint": hardware.fingerprint(),
+               "cores": hw.cpu.cores,
+               "torch": torch.__version__, "motorpool": __version__, "threads": torch.get_num_threads(),
+               "load_average": load_at_start}
+    config = {"backends": list(backends), "precisions": list(precisions), "batch_sizes": list(batch_sizes),
+              "scenarios": list(scenarios), "time_budget_s": time_budget_s, "measure_load": measure_load,
+              **{k: v for k, v in bench_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
+    return BenchSuite(model_name, results, config, machine)
+
+
+def _bench_one(model, examples, backend: str, precision: str, *, batch_sizes, scenarios, time_budget_s,
+               measure_load, verify, calibration, compile_options, on_step, **bench_kwargs) -> BenchResult:
+    """One backend x precision: compile, save and load back (cold start), benchmark. A failure is the row."""
+    row = BenchResult(backend, "-", precision)
+    try:
+        with PeakRSS() as rss:
+            engine = compile_model(model, examples, backend=backend, precision=precision, verify=verify,
+                                   calibration=calibration, options=compile_options, cache=False)
+            if on_step:
+                on_step(f"{backend} {precision}: compiled")
+            size = load_s = loaded = None
+            note = ""
+            if measure_load:
+                size, load_s, loaded, note = artifact_size(engine)
+            cold = loaded or engine
+            x = inputs_at_batch(cold.input_spec, batch_sizes[0], examples)
+            t0 = time.perf_counter()
+            cold(*x)
+            first_call = time.perf_counter() - t0
+            del loaded, cold
+            if on_step:
+                on_step(f"{backend} {precision}: saved and loaded")
+            row = benchmark(engine, examples, batch_sizes=batch_sizes, scenarios=scenarios,
+                            time_budget_s=time_budget_s, on_step=on_step, **bench_kwargs)
+        row.peak_rss_mb = rss.peak_mb
+        row.artifact_bytes, row.load_time_s, row.first_call_s = size, load_s, first_call
+        if note:
+            row.notes.append(note)
+        if engine.report.verification:
+            v = engine.report.verification
+            row.notes.append(f"verified: max abs err {v.get('max_abs_err', float('nan')):.2g}")
+    except BackendUnavailable as exc:
+        row.status, row.reason = "unavailable", str(exc)
+    except Exception as exc:  # noqa: BLE001 - one backend's failure is one row
+        row.status, row.reason = "failed", reason(exc)
+    return row
+
+
+def steps_per_engine(batch_sizes: Sequence[int], scenarios: Sequence[str]) -> int:
+    """About how many ``on_step`` calls :func:`bench_model` makes for one engine (for progress bars); the
+    server scenario's trial count depends on where the rate search ends, so it is an estimate."""
+    per_batch = sum(s in scenarios for s in ("single_stream", "offline"))
+    return 2 + per_batch * len(batch_sizes) + (6 if "server" in scenarios else 0)

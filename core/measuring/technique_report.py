@@ -1,0 +1,313 @@
+"""``motorpool.optimize_report``: the techniques table, measured for one model on this machine.
+
+The rules of thumb ("int8 is 2-4x", "ONNX Runtime is 2-5x") become figures: each technique is applied,
+compiled, verified, scored with the gate's metric against the original model, and timed side by side with
+eager fp32 (interleaved rounds, so a busy machine slows every row alike). A technique that cannot run
+here is a row with its reason, never a missing row.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.utils._pytree as pytree
+
+from ..pipeline.candidate import candidate_status, reason
+from ..plugin.registry import BackendInfo, list_backends
+from ..plugin.spec import InputSpec, as_example_tuple
+from ..plugin.torch_precision import model_size_bytes
+from ..selection.dispatch import compile_model
+from ..selection.timing import measure_interleaved
+from ..techniques.gate import Gate
+from ..techniques.prune import prune
+
+
+@dataclass(frozen=True)
+class Technique:
+    """One row: a backend at a precision, optionally on a transformed model (pruning)."""
+
+    name: str
+    backend: str
+    precision: str = "fp32"
+    #: "none" | "static" (int8 with the calibration set) | "dynamic"
+    int8: str | None = None
+    #: model -> model before compiling (pruning); gets (model, example_inputs)
+    transform: Callable[[torch.nn.Module, tuple], torch.nn.Module] | None = None
+    #: heavy compilers a quick report leaves out
+    heavy: bool = False
+
+
+def _pruned(amount: float) -> Callable[[torch.nn.Module, tuple], torch.nn.Module]:
+    def transform(model: torch.nn.Module, examples: tuple) -> torch.nn.Module:
+        return prune(model, amount, structured=True, example_inputs=examples).model.eval()
+    transform.__name__ = f"prune_structured_{int(amount * 100)}"
+    return transform
+
+
+#: structured pruning amounts the default table tries on the reference backend
+PRUNE_AMOUNTS = (0.3, 0.5)
+
+
+def default_techniques(backends: Sequence[BackendInfo] | None = None) -> tuple[Technique, ...]:
+    """The table, from what every registered backend declares: fp32 on each, bf16 where declared, int8 in
+    each declared way (``Capabilities.int8_modes``), and structured pruning on the reference backend (the
+    one declaring ``reference``, whose fp32 row is the baseline). A compiler declared ``compile_cost="high"``
+    is ``heavy`` (``quick=True`` leaves it out)."""
+    rows = list(backends if backends is not None else list_backends())
+    rows.sort(key=lambda b: (not b.capabilities.get("reference", False), b.name))  # the baseline first
+    fp32, bf16, int8, pruned = [], [], [], []
+    for b in rows:
+        caps = b.capabilities
+        heavy = caps.get("compile_cost") == "high"
+        reference = caps.get("reference", False)
+        fp32.append(Technique(f"{b.name} eval+inference_mode (baseline)" if reference else b.name, b.name,
+                              heavy=heavy))
+        precisions = set(caps.get("precisions", ()))
+        if "bf16" in precisions:
+            bf16.append(Technique(f"bf16 {b.name}", b.name, "bf16", heavy=heavy))
+        if "int8" in precisions:
+            modes = caps.get("int8_modes") or [None]
+            int8 += [Technique(f"int8 {mode + ' ' if mode else ''}{b.name}", b.name, "int8", int8=mode, heavy=heavy)
+                     for mode in modes]
+        if reference:
+            pruned += [Technique(f"pruned {int(a * 100)}% structured, {b.name}", b.name, transform=_pruned(a))
+                       for a in PRUNE_AMOUNTS]
+    return tuple(fp32 + bf16 + int8 + pruned)
+
+
+@dataclass
+class Row:
+    technique: str
+    backend: str
+    precision: str
+    status: str  # "ok", "unsupported", "failed"
+    reason: str = ""
+    p50_ms: float | None = None
+    speedup: float | None = None
+    size_bytes: int | None = None
+    metric: str | None = None
+    score: float | None = None
+    drop: float | None = None
+    within_budget: bool | None = None
+    compile_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class OptimizeReport:
+    rows: list[Row]
+    batch: int
+    metric: str
+    max_drop: float
+    #: naive eager (autograd on) and batching, relative to the baseline
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "metric": self.metric, "max_drop": self.max_drop, "extras": self.extras,
+                "rows": [r.to_dict() for r in self.rows]}
+
+    def table(self) -> str:
+        head = (f"{'technique':44s} {'backend':13s} {'prec':5s} {'p50 ms':>9s} {'speed-up':>8s} {'size MB':>8s} "
+                f"{self.metric[:14]:>14s} {'drop':>9s}  note")
+        lines = [f"batch {self.batch}; metric {self.metric} (budget: drop <= {self.max_drop:g}); speed-up over "
+                 "eager fp32 in eval + inference mode, timed side by side", head, "-" * len(head)]
+        for r in self.rows:
+            if r.status != "ok":
+                lines.append(f"{r.technique:44s} {r.backend:13s} {r.precision:5s} {'-':>9s} {'-':>8s} {'-':>8s} "
+                             f"{'-':>14s} {'-':>9s}  {r.status}: {r.reason[:150]}")
+                continue
+            size = f"{r.size_bytes / 1e6:.2f}" if r.size_bytes else "-"
+            score = f"{r.score:.4f}" if r.score is not None else "-"
+            drop = f"{r.drop:.4f}" if r.drop is not None else "-"
+            note = "" if r.within_budget in (None, True) else "OVER BUDGET"
+            lines.append(f"{r.technique:44s} {r.backend:13s} {r.precision:5s} {r.p50_ms:9.3f} "
+                         f"{r.speedup:7.2f}x {size:>8s} {score:>14s} {drop:>9s}  {note}")
+        for k, v in self.extras.items():
+            lines.append(f"{k}: {v}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def default_metric(model: torch.nn.Module, examples: tuple) -> str:
+    """top-1 agreement for classifier-like outputs ([N, classes]), cosine otherwise."""
+    with torch.inference_mode():
+        out = pytree.tree_flatten(model(*examples))[0][0]
+    return "top1_agreement" if out.dim() == 2 and out.shape[1] > 1 else "cosine"
+
+
+def _artifact_bytes(engine) -> int | None:
+    tmp = Path(tempfile.mkdtemp(prefix="motorpool-size-"))
+    try:
+        engine.save(tmp / "e")
+        return sum(p.stat().st_size for p in (tmp / "e" / "artifact").rglob("*") if p.is_file())
+    except Exception:  # noqa: BLE001 - an unsavable engine: fall back to its module's state size
+        module = getattr(engine.runner, "module", None)
+        if isinstance(module, torch.nn.Module):
+            try:
+                return model_size_bytes(module)
+            except Exception:  # noqa: BLE001
+                return None
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def optimize_report(model: torch.nn.Module, example_inputs: Any, *, data: Any = None, labels: Any = None,
+                    gate: Gate | None = None, calibration: Iterable[Any] | None = None,
+                    techniques: Sequence[Technique] | None = None, quick: bool = False,
+                    budget_s: float = 2.0, batching: int | None = 32, progress: Callable[[str], None] | None = None,
+                    threads: int | None = None) -> OptimizeReport:
+    """Measure every technique for ``model`` here. Returns an :class:`OptimizeReport` (``print`` it).
+
+    ``data`` (a batch or a list of batches) is what the metric is scored on: ``gate``'s data when a gate
+    is given, else a ``top1_agreement`` (classifiers) or ``cosine`` gate with a 1% budget on ``data``
+    (``labels`` switches to ``accuracy``). Without data, fresh random inputs of the example's spec are
+    used, which says how faithful an engine is, not how accurate. ``calibration`` (default: the data)
+    feeds static int8. ``quick`` leaves out the slow compilers (torch.compile). ``budget_s`` is the total
+    timing budget, shared by the rows. ``threads`` runs every engine on that many threads (torch's
+    intra-op pool, ONNX Runtime's ``intra_op_num_threads``, OpenVINO's ``num_threads``), so that rows
+    compare techniques rather than thread pools; on a busy machine one thread also avoids the stalls of
+    a parallel region waiting for a descheduled worker.
+    """
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads: expected a positive integer, got {threads!r}")
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return _optimize_report(model, example_inputs, data=data, labels=labels, gate=gate,
+                                    calibration=calibration, techniques=techniques, quick=quick,
+                                    budget_s=budget_s, batching=batching, progress=progress,
+                                    options={"intra_op_num_threads": threads, "num_threads": threads})
+        finally:
+            torch.set_num_threads(saved)
+    return _optimize_report(model, example_inputs, data=data, labels=labels, gate=gate, calibration=calibration,
+                            techniques=techniques, quick=quick, budget_s=budget_s, batching=batching,
+                            progress=progress, options={})
+
+
+def _optimize_report(model, example_inputs, *, data, labels, gate, calibration, techniques, quick, budget_s,
+                     batching, progress, options) -> OptimizeReport:
+    say = progress or (lambda _msg: None)
+    model.eval()
+    examples = as_example_tuple(example_inputs)
+    gate = gate if gate is not None else _default_gate(model, examples, data, labels)
+    calib = calibration if calibration is not None else [b for b in gate.batches]
+    available = {b.name: b for b in list_backends()}
+    techs = list(techniques) if techniques is not None else list(default_techniques(list(available.values())))
+    rows: list[Row] = []
+    engines: dict[int, Any] = {}
+    for tech in techs:
+        row = Row(tech.name, tech.backend, tech.precision, "ok")
+        rows.append(row)
+        engine = _measure_row(row, tech, model, examples, gate, calib, available, quick=quick, options=options,
+                              say=say)
+        if engine is not None:
+            engines[len(rows) - 1] = engine
+    batch = int(examples[0].shape[0]) if examples and examples[0].dim() else 1
+    extras: dict[str, Any] = {}
+    if engines:
+        say(f"timing {len(engines)} engines side by side ...")
+        baseline = next((i for i in engines if techs[i].transform is None and techs[i].precision == "fp32"
+                         and available[techs[i].backend].capabilities.get("reference")), None)
+        extras.update(_time_rows(rows, engines, model, examples, baseline, batch=batch, budget_s=budget_s))
+    if batching and batching > 1 and any(r.status == "ok" for r in rows):
+        extras.update(_batching_gain(model, examples, batching, budget_s / 4))
+    return OptimizeReport(rows, batch, gate.metric.name, gate.max_drop, extras)
+
+
+def _default_gate(model: torch.nn.Module, examples: tuple, data: Any, labels: Any) -> Gate:
+    """A 1% budget on ``data`` (fresh random inputs of the spec without it): accuracy with labels, else
+    top-1 agreement for classifier-like outputs, cosine otherwise."""
+    if data is None:
+        spec = InputSpec.from_examples(examples)
+        gen = torch.Generator().manual_seed(7)
+        data = [tuple(spec.random_inputs(generator=gen)) for _ in range(4)]
+    metric = "accuracy" if labels is not None else default_metric(model, examples)
+    return Gate(metric, data, 0.01, labels=labels)
+
+
+def _measure_row(row: Row, tech: Technique, model, examples, gate: Gate, calib, available, *, quick: bool,
+                 options: dict, say) -> Any:
+    """Compile and gate one technique into ``row``; its engine, or None with the row saying why."""
+    if quick and tech.heavy:
+        row.status, row.reason = "unsupported", "left out by quick=True (compiles for tens of seconds)"
+        return None
+    info = available.get(tech.backend)
+    if info is None or not info.available:
+        row.status = "unsupported"
+        row.reason = (f"no backend {tech.backend!r} is registered" if info is None
+                      else f"{info.status}: {info.reason}")
+        return None
+    say(f"compiling {tech.name} ...")
+    t0 = time.perf_counter()
+    try:
+        subject = tech.transform(model, examples) if tech.transform else model
+        tech_options = {**options, **({"int8": tech.int8} if tech.int8 else {})} or None
+        engine = compile_model(subject, examples, backend=tech.backend, precision=tech.precision,
+                               calibration=calib if tech.int8 != "dynamic" and tech.precision == "int8" else None,
+                               options=tech_options, cache=False)
+        result = gate.evaluate(engine, model, device=engine.device)
+    except Exception as exc:  # noqa: BLE001 - one row's failure is that row's reason
+        row.status = "unsupported" if candidate_status(exc) == "skipped" else "failed"
+        row.reason = reason(exc)
+        return None
+    row.compile_s = time.perf_counter() - t0
+    row.metric, row.score, row.drop, row.within_budget = result.metric, result.score, result.drop, result.passed
+    row.size_bytes = _artifact_bytes(engine)
+    return engine
+
+
+def _time_rows(rows: list[Row], engines: dict[int, Any], model, examples, baseline: int | None, *, batch: int,
+               budget_s: float) -> dict[str, str]:
+    """Time every engine side by side (and the model called directly, with and without autograd)."""
+    calls: dict[Any, Any] = {i: (lambda e=e: e(*[x.to(e.input_spec.device) for x in examples]))
+                             for i, e in engines.items()}
+
+    # the model called directly, with and without autograd: what eval + inference_mode buys, apart
+    # from the engine's own input checks
+    def raw(grad: bool):
+        def call():
+            with torch.enable_grad() if grad else torch.inference_mode():
+                return model(*examples)
+        return call
+    calls["raw autograd"], calls["raw inference"] = raw(True), raw(False)
+    timings = measure_interleaved(calls, budget_s=budget_s, batch=batch)
+    base = timings[baseline]["p50_ms"] if baseline in timings else None
+    for i, t in timings.items():
+        if isinstance(i, int):
+            rows[i].p50_ms = t["p50_ms"]
+            rows[i].speedup = base / t["p50_ms"] if base else math.nan
+    grad_ms, inf_ms = timings["raw autograd"]["p50_ms"], timings["raw inference"]["p50_ms"]
+    return {"inference_mode vs autograd on (eval mode, the model called directly)":
+            f"{grad_ms / inf_ms:.2f}x ({grad_ms:.3f} -> {inf_ms:.3f} ms)"}
+
+
+def _batching_gain(model: torch.nn.Module, examples: tuple, batch: int, budget_s: float) -> dict[str, str]:
+    """Per-item time at batch 1 vs ``batch`` on eager fp32: what batching requests buys on this model."""
+    spec = InputSpec.from_examples(examples)
+    if not spec.has_dynamic_batch:
+        return {}
+    gen = torch.Generator().manual_seed(3)
+    one = spec.random_inputs(generator=gen, sizes={"batch": 1})
+    many = spec.random_inputs(generator=gen, sizes={"batch": batch})
+
+    def run(xs):
+        with torch.inference_mode():
+            return model(*xs)
+    t = measure_interleaved({"1": lambda: run(one), "n": lambda: run(many)}, budget_s=budget_s)
+    per_item_1 = t["1"]["p50_ms"]
+    per_item_n = t["n"]["p50_ms"] / batch
+    return {f"batching (eager fp32): per-item time at batch {batch} vs batch 1":
+            f"{per_item_1 / per_item_n:.2f}x ({per_item_1:.3f} -> {per_item_n:.3f} ms/item)"}

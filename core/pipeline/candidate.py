@@ -1,0 +1,122 @@
+"""One candidate backend, start to finish: availability, device, compile (or a verified artifact-cache hit),
+verification against eager PyTorch, the quality gate, and the cache store.
+
+``compile_one`` is what ``compile``, ``fastest``, the precision search and the child processes of
+``select`` all run for one backend; the rules for reporting a failed candidate (:func:`reason`,
+:func:`candidate_status`) live here too, so every report words them alike.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..engine import artifact_cache
+from ..engine.engine import Engine
+from ..engine.report import Report
+from ..plugin.contract import Availability, Backend, CompileOptions
+from ..plugin.errors import BackendUnavailable, CompileError, MotorpoolError, UnsupportedError
+from ..plugin.helpers import flatten_outputs, host_device
+from ..plugin.registry import safe_availability
+from ..plugin.spec import InputSpec
+from .prepare import verification_inputs
+from .verify import verify
+
+
+def resolve_device(backend: Backend, av: Availability, device: str) -> str:
+    """The concrete device ``device`` ("auto", "cuda", "cuda:1", ...) means for this backend here."""
+    if device == "auto":
+        return backend.default_device(av)
+    kind = device.split(":")[0]
+    if kind not in backend.capabilities.devices:
+        raise UnsupportedError(f"{backend.name} cannot target {device!r}; it targets "
+                               f"{', '.join(backend.capabilities.devices)}", backend=backend.name)
+    seen = av.devices
+    if device not in seen and not (kind == device and any(d.split(":")[0] == kind for d in seen)):
+        raise BackendUnavailable(backend.name, av, f"{backend.name} sees no device {device!r} here (it sees "
+                                 f"{', '.join(seen) or 'none'}); motorpool does not fall back to another device")
+    if device == "cuda":
+        return "cuda:0"
+    return device
+
+
+def reference_runner(model: torch.nn.Module) -> Callable[[list[torch.Tensor]], list[Any]]:
+    """Eager PyTorch on a list of inputs, flat outputs: the reference every engine is compared with."""
+    def run(inputs: list[torch.Tensor]) -> list[Any]:
+        with torch.inference_mode():
+            return flatten_outputs(model(*inputs))
+    return run
+
+
+def engine_runner(engine: Engine) -> Callable[[list[torch.Tensor]], list[Any]]:
+    """The engine on a list of (host) inputs, moved to its device; flat outputs."""
+    def run(inputs: list[torch.Tensor]) -> list[Any]:
+        return flatten_outputs(engine(*[x.to(engine.input_spec.device) for x in inputs]))
+    return run
+
+
+def reason(exc: BaseException) -> str:
+    """A failed candidate's reason as a report shows it."""
+    return str(exc) if isinstance(exc, MotorpoolError) else f"{type(exc).__name__}: {exc}"
+
+
+def candidate_status(exc: BaseException) -> str:
+    """``"skipped"`` when the backend could not even try (unavailable, unsupported), else ``"rejected"``."""
+    return "skipped" if isinstance(exc, (BackendUnavailable, UnsupportedError)) else "rejected"
+
+
+def as_compile_error(exc: BaseException, name: str) -> BaseException:
+    """A named backend's failure as the error ``compile`` raises: motorpool's own errors pass unchanged."""
+    if isinstance(exc, MotorpoolError):
+        return exc
+    return CompileError(f"{name} failed to compile the model: {type(exc).__name__}: {exc}", backend=name)
+
+
+def compile_one(b: Backend, model: torch.nn.Module, examples: tuple, spec: InputSpec, tree, *, device: str,
+                precision: str, calibration, options: dict, do_verify: bool, cache: bool | None = None,
+                gate: Any = None) -> Engine:
+    """Compile ``model`` with backend ``b`` (or load it from the artifact cache), verify it, gate it.
+
+    Raises :class:`BackendUnavailable` / :class:`UnsupportedError` when ``b`` cannot try, and the backend's or
+    the verification's error when it fails. ``gate`` is a :class:`motorpool.Gate` (or anything with its
+    ``check_compiled`` method).
+    """
+    av = safe_availability(b)
+    if not av.available:
+        raise BackendUnavailable(b.name, av)
+    problem = b.supports(precision=precision)
+    if problem:
+        raise UnsupportedError(problem, backend=b.name)
+    dev = resolve_device(b, av, device)
+    dspec = spec.with_device(host_device(dev))  # Core ML's "ane" takes host tensors
+    entry = artifact_cache.entry_for(b, av, model, dspec, precision=precision, options=options,
+                                     calibration=calibration, enabled_=cache)
+    engine = entry.load() if entry is not None else None
+    if engine is None:
+        engine = _compile_fresh(b, av, model, examples, dspec, tree, device=dev, precision=precision,
+                                calibration=calibration, options=options)
+    if do_verify and engine.report.verification is None:
+        engine.report.verification = verify(reference_runner(model), engine_runner(engine),
+                                            verification_inputs(spec, examples, precision, calibration), precision,
+                                            backend=b.name)
+    if gate is not None:  # the task metric on the user's data: GateError (with the figure) over budget
+        gate.check_compiled(engine, model, backend=b.name)
+    if entry is not None and engine.report.load_time_s is None:
+        entry.store(engine)  # only verified engines reach here: a failed verification raised above
+    return engine
+
+
+def _compile_fresh(b: Backend, av: Availability, model: torch.nn.Module, examples: tuple, dspec: InputSpec, tree, *,
+                   device: str, precision: str, calibration, options: dict) -> Engine:
+    dev_examples = tuple(x.to(dspec.device) for x in examples)
+    opts = CompileOptions(device=device, precision=precision, spec=dspec, calibration=calibration, extra=options)
+    t0 = time.perf_counter()
+    runner = b.compile(model, dev_examples, opts)
+    compile_time = time.perf_counter() - t0
+    info = dict(getattr(runner, "info", {}) or {})
+    info.setdefault("versions", dict(av.versions))
+    report = Report(b.name, runner.device, runner.precision, compile_time_s=compile_time, info=info)
+    return Engine(runner, backend=b.name, spec=dspec, output_tree=tree, report=report,
+                  backend_version=av.version, options=options)

@@ -1,0 +1,46 @@
+"""The plugin contract, and the one facade a backend author imports from: ``motorpool.plugin``.
+
+Here lives what a backend *is* (``Backend``, ``Runner``, ``Capabilities``, ``Availability``, ``BackendRecord``,
+``CompileOptions``; :mod:`.contract`), how backends are found (the pluggy hook in :mod:`.hookspecs`, the
+:mod:`.registry` with ``list_backends`` and ``safe_availability``), what they are given and may raise
+(:mod:`.spec`, :mod:`.errors`, :mod:`.hardware`), and the helpers they share: the one ``torch.export``
+wrapper and device placement (:mod:`.helpers`), calibration feeds (:mod:`.calibration`), reduced precision for
+torch modules (:mod:`.torch_precision`) and operator tables (:mod:`.operator_stats`).
+
+This package is the bottom layer: its modules import only each other (and torch, numpy, pluggy), never
+another part of motorpool. Built-in backends import only from this facade, exactly like a third-party one::
+
+    from motorpool.plugin import Availability, Backend, Capabilities, Runner, hookimpl
+"""
+
+from .calibration import MAX_CALIBRATION_BATCHES, calibration_batches, calibration_feeds, numpy_feeds
+from .contract import (PRECISIONS, Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner,
+                       Status, distribution_version, probe_package)
+from .errors import (ArtifactError, BackendUnavailable, CompileError, DuplicateBackendError, GateError,
+                     InputError, MotorpoolError, PluginError, PluginWarning, UnknownBackendError, UnsupportedError,
+                     VerificationError)
+from .hardware import detect as detect_hardware
+from .helpers import (FlatOutputs, TorchRunner, capture_inputs, export_program, first_line, flatten_outputs,
+                      fp32_strict, host_device, model_device, output_count, place, quiet_exporters, quiet_loggers,
+                      save_exported, to_numpy, torch_availability, torch_devices)
+from .hookspecs import hookimpl
+from .operator_stats import OperatorStat, operator_table, torch_operator_profile
+from .paths import cache_root, private_dir
+from .registry import BackendInfo, Registry, get_registry, list_backends, safe_availability
+from .spec import BATCH, InputSpec, TensorSpec, torch_dtype
+from .torch_precision import cast_model, prepare_torch_precision
+
+__all__ = [
+    "PRECISIONS", "Availability", "Backend", "BackendRecord", "Capabilities", "CompileOptions", "Runner", "Status",
+    "distribution_version", "probe_package", "hookimpl",
+    "ArtifactError", "BackendUnavailable", "CompileError", "DuplicateBackendError", "GateError", "InputError",
+    "MotorpoolError", "PluginError", "PluginWarning", "UnknownBackendError", "UnsupportedError", "VerificationError",
+    "BATCH", "InputSpec", "TensorSpec", "torch_dtype", "detect_hardware",
+    "BackendInfo", "Registry", "get_registry", "list_backends", "safe_availability",
+    "FlatOutputs", "TorchRunner", "capture_inputs", "export_program", "first_line", "flatten_outputs", "fp32_strict",
+    "host_device", "model_device", "output_count", "place", "quiet_exporters", "quiet_loggers", "save_exported",
+    "to_numpy", "torch_availability", "torch_devices",
+    "MAX_CALIBRATION_BATCHES", "calibration_batches", "calibration_feeds", "numpy_feeds",
+    "cast_model", "prepare_torch_precision",
+    "OperatorStat", "operator_table", "torch_operator_profile", "cache_root", "private_dir",
+]

@@ -1,0 +1,126 @@
+"""``compile(..., precision="auto", gate=...)``: search backend x precision, keep the fastest that meets the gate.
+
+Every cell (backend, precision) is either compiled, verified, gated and timed, or dropped with its reason
+(unavailable, unsupported precision, verification or gate failure). The survivors are timed side by side
+(interleaved, so load on a shared machine hits them alike) and the fastest is returned; the engine's report
+lists every cell with its speed and gate figures. Reduced precision is only ever chosen on a task metric's
+word, so ``precision="auto"`` needs a gate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from ..engine.engine import Engine
+from ..engine.report import Candidate
+from ..pipeline.candidate import candidate_status, compile_one, reason
+from ..pipeline.prepare import prepare
+from ..plugin.contract import PRECISIONS
+from ..plugin.errors import CompileError
+from ..plugin.registry import get_registry
+from ..techniques.gate import Gate
+from .ranking import rank
+from .timing import Objective, measure_interleaved, timing_inputs
+
+#: the precisions searched, fp32 first (it is the baseline every other is gated against)
+SEARCH_PRECISIONS = PRECISIONS
+
+
+def compile_precision_search(model: torch.nn.Module, example_inputs: Any, *, backend: str | Sequence[str] = "fastest",
+                             device: str = "auto", gate: Any = None, precisions: Sequence[str] = SEARCH_PRECISIONS,
+                             dynamic_batch: bool = True, dynamic_dims: Mapping[str, Mapping[int, str]] | None = None,
+                             input_names: Sequence[str] | None = None, calibration: Iterable[Any] | None = None,
+                             options: Mapping[str, Any] | None = None, candidates: Sequence[str] | None = None,
+                             cache: bool | None = None, budget_s: float = 0.3) -> Engine:
+    """The fastest engine over ``backend`` x ``precisions`` whose gate passes; every cell is in its report.
+
+    ``backend`` is "fastest"/"auto" (every registered backend, or ``candidates``), a list, or one name.
+    ``budget_s`` is the timing budget per round of side-by-side timing, per cell.
+    """
+    if not isinstance(gate, Gate):
+        raise ValueError('precision="auto" needs gate=motorpool.Gate(...): a reduced precision is only chosen '
+                         "when a task metric on your data says it is good enough")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"precisions {bad} are not among {', '.join(PRECISIONS)}")
+    names = _backend_names(backend, candidates)
+    examples, spec, tree = prepare(model, example_inputs, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims,
+                                   input_names=input_names)
+    cells, engines = _compile_cells(names, precisions, model, examples, spec, tree, device=device, gate=gate,
+                                    calibration=calibration, options=dict(options or {}), cache=cache)
+    if not engines:
+        reasons = {c.backend: c.reason for c in cells}
+        raise CompileError("no backend x precision met the gate: " +
+                           "; ".join(f"{k}: {v}" for k, v in reasons.items()), reasons=reasons)
+    best, batch = _time_cells(cells, engines, spec, budget_s)
+    winner = engines[best]
+    winner.report.candidates = cells
+    winner.report.info["selection"] = {"mode": "precision-search", "objective": "p50", "batch": batch,
+                                       "winner": best, "gate": gate.describe()}
+    return winner
+
+
+def _backend_names(backend: str | Sequence[str], candidates: Sequence[str] | None) -> list[str]:
+    reg = get_registry()
+    if isinstance(backend, str) and backend in ("auto", "fastest"):
+        names = list(candidates) if candidates else rank("fp32").names
+    elif isinstance(backend, str):
+        names = [backend]
+    else:
+        names = list(backend)
+    for n in names:
+        reg.get(n)  # an unknown name lists the valid ones
+    return names
+
+
+def _compile_cells(names, precisions, model, examples, spec, tree, *, device, gate, calibration, options, cache
+                   ) -> tuple[list[Candidate], dict[str, Engine]]:
+    """Compile, verify and gate every cell; the report rows and the engines that passed."""
+    reg = get_registry()
+    cells: list[Candidate] = []
+    engines: dict[str, Engine] = {}
+    for name in names:
+        b = reg.get(name)
+        for precision in precisions:
+            label = f"{name}/{precision}"
+            problem = b.supports(precision=precision)
+            if not problem and precision == "int8" and calibration is None and options.get("int8") == "static":
+                problem = "static int8 needs calibration="
+            if problem:
+                cells.append(Candidate(label, "skipped", problem))
+                continue
+            try:
+                engine = compile_one(b, model, examples, spec, tree, device=device, precision=precision,
+                                     calibration=calibration if precision == "int8" else None,
+                                     options=dict(options), do_verify=True, cache=cache, gate=gate)
+            except Exception as exc:  # noqa: BLE001 - every cell's failure is a reason in the report
+                cells.append(Candidate(label, candidate_status(exc), reason(exc),
+                                       figures=getattr(exc, "figures", {}) or {}))
+                continue
+            engines[label] = engine
+            cells.append(Candidate(label, "verified", "", device=engine.device,
+                                   compile_time_s=engine.report.compile_time_s,
+                                   figures={"gate": engine.report.gate,
+                                            "min_cosine": (engine.report.verification or {}).get("min_cosine")}))
+    return cells, engines
+
+
+def _time_cells(cells: list[Candidate], engines: dict[str, Engine], spec, budget_s: float) -> tuple[str, int]:
+    """Time the passing cells side by side; their figures go on the report rows. The fastest, and the batch."""
+    inputs, batch = timing_inputs(spec, Objective())
+    calls = {}
+    for label, engine in engines.items():
+        dev_inputs = [x.to(engine.input_spec.device) for x in inputs]
+        calls[label] = (lambda e=engine, xs=dev_inputs: e(*xs))
+    timings = measure_interleaved(calls, budget_s=budget_s * len(calls), batch=batch)
+    best = min(timings, key=lambda k: timings[k]["p50_ms"])
+    fp32_ms = [t["p50_ms"] for k, t in timings.items() if k.endswith("/fp32")]
+    for c in cells:
+        if c.backend in timings:
+            c.figures["p50_ms"] = timings[c.backend]["p50_ms"]
+            if fp32_ms:
+                c.figures["speedup_vs_best_fp32"] = min(fp32_ms) / timings[c.backend]["p50_ms"]
+            c.status = "chosen" if c.backend == best else "verified"
+    return best, batch
