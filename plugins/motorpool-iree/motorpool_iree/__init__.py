@@ -4,7 +4,7 @@ Written only against motorpool's public API, exactly as a third party would: one
 and the ``motorpool_register_backends`` hook, found through the ``motorpool.backends`` entry point.
 """
 
-import motorpool
+from motorpool.plugin import BackendRecord, hookimpl
 
 from .backend import IreeBackend, IreeRunner
 
@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 __all__ = ["IreeBackend", "IreeRunner", "motorpool_register_backends"]
 
 
-@motorpool.hookimpl
+@hookimpl
 def motorpool_register_backends():
-    return [motorpool.BackendRecord(IreeBackend)]
+    return [BackendRecord(IreeBackend)]

@@ -14,9 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import motorpool
-from motorpool import (Availability, Backend, Capabilities, CompileError, CompileOptions, Runner, Status,
-                       UnsupportedError)
+from motorpool.plugin import (ArtifactError, Availability, Backend, Capabilities, CompileError, CompileOptions,
+                              Runner, Status, UnsupportedError)
 
 ARTIFACT = "model.vmfb"
 DRIVER = "local-task"
@@ -62,7 +61,7 @@ class IreeRunner(Runner):
             try:
                 fn = module[self._function_name]
             except KeyError:
-                raise motorpool.ArtifactError(f"the IREE module has no function {self._function_name!r}") from None
+                raise ArtifactError(f"the IREE module has no function {self._function_name!r}") from None
             self._local.ctx, self._local.fn = ctx, fn
         return fn
 
