@@ -24,7 +24,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from .engine.manifest import ARTIFACT_DIR, build_manifest, runtime_versions, write_atomically, write_manifest
-from .pipeline.prepare import prepare
+from .pipeline.prepare import as_module, prepare
 from .pipeline.stored import PENDING, store_cases
 from .plugin import hardware
 from .plugin.contract import PRECISIONS, Backend, CompileOptions
@@ -47,6 +47,7 @@ def export(model: torch.nn.Module, example_inputs: Any, *, backend: str, path: s
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    model = as_module(model)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     b = get_registry().get(backend)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..pipeline.prepare import as_module
 from ..plugin.errors import InputError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
@@ -81,7 +82,7 @@ def _load_pt2(path: Path) -> LoadedModel:
         raise InputError(f"MODEL {str(path)!r} stores no example inputs (positional tensors); re-export it with "
                          "torch.export.export(model, example_args) and torch.export.save",
                          input="MODEL", expected="a .pt2 with example inputs", got=str(path))
-    return LoadedModel(program.module(), tuple(args), path.name, "torch.export")
+    return LoadedModel(as_module(program), tuple(args), path.name, "torch.export")
 
 
 def _load_factory(ref: str) -> LoadedModel:

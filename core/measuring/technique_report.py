@@ -20,6 +20,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ..pipeline.candidate import candidate_status, reason
+from ..pipeline.prepare import as_module
 from ..plugin.registry import BackendInfo, list_backends
 from ..plugin.spec import InputSpec, as_example_tuple
 from ..plugin.torch_precision import model_size_bytes
@@ -200,6 +201,7 @@ def optimize_report(model: torch.nn.Module, example_inputs: Any, *, data: Any = 
 def _optimize_report(model, example_inputs, *, data, labels, gate, calibration, techniques, quick, budget_s,
                      batching, progress, options) -> OptimizeReport:
     say = progress or (lambda _msg: None)
+    model = as_module(model)
     model.eval()
     examples = as_example_tuple(example_inputs)
     gate = gate if gate is not None else _default_gate(model, examples, data, labels)

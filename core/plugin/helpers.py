@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import warnings
 from typing import Any
@@ -168,11 +169,19 @@ def export_program(model: torch.nn.Module, spec, examples: tuple | None = None, 
     dims = {name: Dim(_dim_identifier(name), min=1) for name in spec.dynamic_dims}
     per_input = tuple({axis: dims[d] for axis, d in enumerate(t.shape) if isinstance(d, str)} or None
                       for t in spec.inputs)
-    # FlatOutputs.forward takes *inputs: its dynamic shapes are one entry holding the per-input tuple
-    dynamic_shapes = ((per_input,) if flat else per_input) if spec.dynamic_dims else None
+    module = FlatOutputs(model) if flat else model
+    # a forward taking *inputs (FlatOutputs, a wrapped exported program) gets one entry holding the tuple
+    dynamic_shapes = ((per_input,) if _takes_varargs(module) else per_input) if spec.dynamic_dims else None
     with quiet_exporters():
-        return torch.export.export(FlatOutputs(model) if flat else model, capture_inputs(spec, examples, device=device),
-                                   dynamic_shapes=dynamic_shapes)
+        return torch.export.export(module, capture_inputs(spec, examples, device=device), dynamic_shapes=dynamic_shapes)
+
+
+def _takes_varargs(module: torch.nn.Module) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 def save_exported(program, module: torch.nn.Module, spec, *, device: str, path, backend: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from ..engine.engine import Engine
-from ..pipeline.prepare import prepare
+from ..pipeline.prepare import as_module, prepare
 from ..plugin.calibration import materialize_calibration
 from ..plugin.contract import PRECISIONS
 from ..techniques.gate import Gate
@@ -31,6 +31,7 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, *, backend: str |
     """``motorpool.compile`` (see its docstring for every argument)."""
     if gate is not None and not isinstance(gate, Gate):
         raise TypeError(f"gate: expected a motorpool.Gate, got {type(gate).__name__}")
+    model = as_module(model)  # a torch.export program (or its module) as a plain module
     calibration = materialize_calibration(calibration)  # every candidate and the verification see it whole
     if precision == "auto":
         return compile_precision_search(model, example_inputs, backend=backend, device=device, gate=gate,

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from ..engine.engine import Engine
-from ..pipeline.prepare import prepare
+from ..pipeline.prepare import as_module, prepare
 from ..plugin import hardware
 from ..plugin.errors import CompileError
 from ..plugin.spec import InputSpec
@@ -63,6 +63,7 @@ def select(model: torch.nn.Module, example_inputs: Any, *, backends: Sequence[st
     ``"auto"`` those whose compile is declared medium or high cost. A valid stored decision is returned
     as it is unless ``use_cache=False``; a fresh measurement is stored either way.
     """
+    model = as_module(model)
     examples, spec, tree = prepare(model, example_inputs, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims,
                                    input_names=input_names)
     selection, _ = _search(model, examples, spec, tree, names=backends, device=device, precision=precision,

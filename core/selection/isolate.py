@@ -38,6 +38,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ..pipeline.candidate import candidate_status, compile_one, reason
+from ..pipeline.prepare import as_module
 from ..plugin.contract import Backend
 from ..plugin.registry import Registry, set_registry
 from ..plugin.spec import InputSpec
@@ -220,22 +221,6 @@ def _tail(path: Path, lines: int = 6, chars: int = 800) -> str:
 
 # -- the child's side ----------------------------------------------------------------------------------
 
-class _ExportedModel(torch.nn.Module):
-    """An exported program's module, as a plain module: that module refuses ``train()``/``eval()`` (which
-    compilers such as ``torch.jit.trace`` call); it is inference-only anyway, so the switch is a no-op."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, *inputs):
-        return self.module(*inputs)
-
-    def train(self, mode: bool = True) -> "_ExportedModel":
-        self.training = False
-        return self
-
-
 def _emit(stage: str, **extra: Any) -> None:
     print(EVENT_PREFIX + json.dumps({"stage": stage, **extra}), flush=True)
 
@@ -268,7 +253,7 @@ def _child_work(job: dict[str, Any]) -> dict[str, Any]:
     if job["model_format"] == "pickle":
         model = payload["model"]
     else:
-        model = _ExportedModel(torch.export.load(job["model_file"]).module())
+        model = as_module(torch.export.load(job["model_file"]))
     model.eval()
     examples = tuple(payload["examples"])
     spec = InputSpec.from_dict(job["spec"])
