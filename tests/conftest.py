@@ -15,12 +15,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
-    """A registry of its own for one test, with autoload off unless the test turns it on."""
+    """A registry of its own for one test, empty (no entry points loaded): backends are registered by hand."""
     import motorpool
     from motorpool.plugin.registry import set_registry
 
-    monkeypatch.setenv("MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD", "1")
-    reg = motorpool.Registry()
+    reg = motorpool.Registry(autoload=False)
     previous = set_registry(reg)
     yield reg
     set_registry(previous)

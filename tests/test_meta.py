@@ -68,28 +68,24 @@ def test_every_hook_is_tested(hook):
 def test_register_backends_hook_is_called_through_a_fresh_plugin_manager(monkeypatch):
     from motorpool.backends.eager import EagerBackend
 
-    monkeypatch.setenv("MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD", "1")
-
     class Plugin:
         @motorpool.hookimpl
         def motorpool_register_backends(self):
             return [motorpool.BackendRecord(type("MetaBackend", (EagerBackend,), {"name": "meta_backend"}))]
 
-    reg = motorpool.Registry()
+    reg = motorpool.Registry(autoload=False)
     assert reg.register_plugin(Plugin(), name="meta") == ["meta_backend"]
     assert reg.names() == ["meta_backend"]
     assert reg.get("meta_backend").availability().available
 
 
 def test_hookimpl_with_a_misspelled_hook_name_is_rejected(monkeypatch):
-    monkeypatch.setenv("MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD", "1")
-
     class Typo:
         @motorpool.hookimpl
         def motorpool_register_backend(self):  # missing "s"
             return []
 
-    reg = motorpool.Registry()
+    reg = motorpool.Registry(autoload=False)
     with pytest.raises(motorpool.PluginError, match="motorpool_register_backend"):
         reg.register_plugin(Typo(), name="typo")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import motorpool
+from motorpool.testing import zoo
 from motorpool.backends.eager import EagerBackend
 from motorpool.plugin.registry import Registry
 
@@ -75,17 +76,18 @@ def test_broken_plugin_is_skipped_with_its_distribution(plugin_path, monkeypatch
     make_dist(plugin_path, "toy-broken", {"toybroken": "toy_broken"},
               {"toy_broken": "raise ImportError('libtoy.so: cannot open shared object file')\n"})
     make_dist(plugin_path, "toy-good", {"toygood": "toy_good"}, {"toy_good": GOOD.format(name="toy")})
-    monkeypatch.setenv("MOTORPOOL_PLUGINS", "toybroken,toygood,eager")
+    monkeypatch.setenv("MOTORPOOL_PLUGINS", "toybroken,toygood")
     reg = Registry()
     with pytest.warns(motorpool.PluginWarning, match=r"toybroken.*toy-broken.*libtoy\.so"):
         names = reg.names()
-    assert set(names) == {"eager", "toy"}
+    assert "toy" in names and "eager" in names  # the built-ins stay: MOTORPOOL_PLUGINS picks third parties
     assert reg.skipped[0][:2] == ("toybroken", "toy-broken")
 
 
 def test_list_backends_survives_a_broken_plugin(plugin_path, monkeypatch):
     make_dist(plugin_path, "toy-broken2", {"toybroken2": "toy_broken2"}, {"toy_broken2": "1/0\n"})
-    monkeypatch.setenv("MOTORPOOL_PLUGINS", "toybroken2,eager")
+    monkeypatch.setenv("MOTORPOOL_PLUGINS", "toybroken2")
+    monkeypatch.setenv("MOTORPOOL_BLOCK_PLUGINS", "torchscript,torch_compile,onnxruntime,openvino,tensorrt,coreml")
     from motorpool.plugin.registry import set_registry
 
     previous = set_registry(Registry())
@@ -103,7 +105,8 @@ def test_duplicate_names_are_rejected_naming_both(plugin_path, monkeypatch):
     monkeypatch.setenv("MOTORPOOL_PLUGINS", "toyone,toytwo")
     reg = Registry()
     with pytest.warns(motorpool.PluginWarning, match=r"'toy' is registered twice: by toy-one .* and by toy-two"):
-        assert reg.names() == ["toy"]
+        names = reg.names()
+    assert names.count("toy") == 1 and "toy-one" in reg.provider("toy")
 
 
 def test_bad_record_is_reported(plugin_path, monkeypatch):
@@ -115,12 +118,20 @@ def test_bad_record_is_reported(plugin_path, monkeypatch):
     """})
     monkeypatch.setenv("MOTORPOOL_PLUGINS", "toybad")
     with pytest.warns(motorpool.PluginWarning, match="expected motorpool.BackendRecord"):
-        assert Registry().names() == []
+        names = Registry().names()
+    assert "eager" in names and len(names) == len(set(names))
 
 
-def test_autoload_switch_and_block_list(plugin_path, monkeypatch):
+BUILTINS = {"eager", "torchscript", "torch_compile", "onnxruntime", "openvino", "tensorrt", "coreml"}
+
+
+def test_autoload_switch_keeps_the_builtins_and_block_list(plugin_path, monkeypatch):
+    make_dist(plugin_path, "toy-three", {"toythree": "toy_three"}, {"toy_three": GOOD.format(name="toy3")})
+    monkeypatch.delenv("MOTORPOOL_PLUGINS", raising=False)
+    assert "toy3" in Registry().names()
     monkeypatch.setenv("MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD", "1")
-    assert Registry().names() == []
+    assert set(Registry().names()) == BUILTINS  # no third party, every built-in
+    assert Registry(autoload=False).names() == []
     monkeypatch.delenv("MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD")
     monkeypatch.delenv("MOTORPOOL_PLUGINS", raising=False)
     monkeypatch.setenv("MOTORPOOL_BLOCK_PLUGINS", "torch_compile,torchscript,onnxruntime,openvino,tensorrt,coreml")
@@ -160,3 +171,29 @@ def test_every_availability_is_well_formed():
             assert row.reason, row
         if row.status == "not-installed":
             assert row.fix and row.fix.startswith('pip install "motorpool['), row
+
+
+@pytest.mark.parametrize("var", ["MOTORPOOL_PLUGINS", "MOTORPOOL_BLOCK_PLUGINS"])
+def test_a_misspelled_plugin_name_is_warned_with_the_installed_ones(var, monkeypatch):
+    monkeypatch.setenv(var, "onnxrutime")
+    with pytest.warns(motorpool.PluginWarning, match=rf"{var} names onnxrutime, which no installed plugin "
+                                                    r"provides; installed: .*onnxruntime"):
+        names = Registry().names()
+    assert BUILTINS <= set(names)  # the typo changed nothing
+
+
+def test_an_empty_registry_says_why_compile_has_no_candidate(monkeypatch):
+    from motorpool.plugin.registry import set_registry
+
+    monkeypatch.setenv("MOTORPOOL_BLOCK_PLUGINS", ",".join(sorted(BUILTINS)))
+    monkeypatch.setenv("MOTORPOOL_PLUGINS", "nothing_here")
+    previous = set_registry(Registry())
+    try:
+        model, x = zoo.get("mlp").build(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", motorpool.PluginWarning)
+            with pytest.raises(motorpool.CompileError, match=r"no backend is registered: MOTORPOOL_BLOCK_PLUGINS="
+                                                             r"coreml,eager.*MOTORPOOL_PLUGINS=nothing_here"):
+                motorpool.compile(model, x)
+    finally:
+        set_registry(previous)

@@ -3,9 +3,12 @@
 Plugins load on first use (``list_backends()``, ``compile``...), never at ``import motorpool``. A broken
 plugin is reported with its distribution's name and skipped. Operators control loading with:
 
-- ``MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points at all (register by hand);
-- ``MOTORPOOL_PLUGINS=a,b``: load only these entry points (by entry point or distribution name);
-- ``MOTORPOOL_BLOCK_PLUGINS=c,d``: never load these.
+- ``MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD=1``: load no third-party plugin; the built-in backends stay;
+- ``MOTORPOOL_PLUGINS=a,b``: of the third-party plugins, load only these (by entry point or distribution name);
+- ``MOTORPOOL_BLOCK_PLUGINS=c,d``: never load these, built-in or not (block a built-in by its name).
+
+A name in either list that no installed plugin has is warned about (:class:`PluginWarning`) with the names
+that exist. ``Registry(autoload=False)`` starts empty, for registering backends by hand.
 """
 
 from __future__ import annotations
@@ -72,18 +75,23 @@ class Registry:
             if self._loaded:
                 return
             self._loaded = True
-            if self._autoload and not _truthy("MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD"):
-                self.load_entry_points()
+            if self._autoload:
+                self.load_entry_points(third_party=not _truthy("MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD"))
 
-    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP, *, third_party: bool = True) -> None:
+        """Load the entry points of ``group``: the built-in backends, and (``third_party``) the others,
+        filtered by ``MOTORPOOL_PLUGINS`` and ``MOTORPOOL_BLOCK_PLUGINS``."""
         allow = _env_list("MOTORPOOL_PLUGINS")
         block = _env_list("MOTORPOOL_BLOCK_PLUGINS") or set()
         eps = sorted(importlib.metadata.entry_points(group=group),
                      key=lambda ep: (not _is_builtin(ep), ep.name))  # built-ins first: they keep their names
+        _warn_unknown_names(eps, allow, block)
         for ep in eps:
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
             keys = {ep.name, dist}
-            if keys & block or (allow is not None and not keys & allow):
+            if keys & block:
+                continue
+            if not _is_builtin(ep) and (not third_party or (allow is not None and not keys & allow)):
                 continue
             provider = f"{dist} (entry point {ep.name!r} = {ep.value!r})"
             try:
@@ -194,9 +202,31 @@ class Registry:
     def backends(self) -> list[Backend]:
         return [self.get(n) for n in self.names()]
 
+    def why_empty(self) -> str:
+        """Why no backend is registered, in a sentence: the switches that are set, the plugins skipped."""
+        parts = []
+        if not self._autoload:
+            parts.append("this registry does not load entry points (Registry(autoload=False)); register backends "
+                         "by hand")
+        for var in ("MOTORPOOL_BLOCK_PLUGINS", "MOTORPOOL_PLUGINS", "MOTORPOOL_DISABLE_PLUGIN_AUTOLOAD"):
+            if os.environ.get(var):
+                parts.append(f"{var}={os.environ[var]}")
+        parts += [f"plugin {plugin!r} ({dist}) was skipped: {reason}" for plugin, dist, reason in self.skipped]
+        return "; ".join(parts) or "no plugin provides one (is motorpool installed? pip install -e .)"
+
 
 def _is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
     return ep.value.startswith("motorpool.backends.")
+
+
+def _warn_unknown_names(eps, allow: set[str] | None, block: set[str]) -> None:
+    """A typo in MOTORPOOL_PLUGINS / MOTORPOOL_BLOCK_PLUGINS says so instead of silently changing nothing."""
+    known = {ep.name for ep in eps} | {ep.dist.name for ep in eps if ep.dist is not None}
+    for var, names in (("MOTORPOOL_PLUGINS", allow or set()), ("MOTORPOOL_BLOCK_PLUGINS", block)):
+        unknown = sorted(names - known)
+        if unknown:
+            warnings.warn(f"motorpool: {var} names {', '.join(unknown)}, which no installed plugin provides; "
+                          f"installed: {', '.join(sorted(known))}", PluginWarning, stacklevel=4)
 
 
 def _bad_record(rec: Any) -> str | None:

@@ -123,5 +123,7 @@ def compile_in_order(model: torch.nn.Module, examples: tuple, spec: InputSpec, t
             engine.report.info["selection"] = how
         return engine
     reasons = {c.backend: c.reason for c in tried + dropped}
+    if not reasons:
+        raise CompileError("no backend could compile this model: no backend is registered: " + reg.why_empty())
     raise CompileError("no backend could compile this model: " +
                        "; ".join(f"{k}: {v}" for k, v in reasons.items()), reasons=reasons) from last_exc
