@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner, TorchRunner,
+from motorpool.plugin import (INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner, TorchRunner,
                               hookimpl, place, prepare_torch_precision, save_exported, torch_availability)
 
 ARTIFACT = "model.pt2"
@@ -35,6 +35,7 @@ class EagerBackend(Backend):
         thread_safe=True, serializable=True, compile_cost="none", priority={"apple": 20, "*": 90},
         int8_modes=("dynamic", "static"), reference=True,
     )
+    options = (INT8_OPTION,)
 
     def availability(self) -> Availability:
         return torch_availability()

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+from motorpool.plugin import (Option, Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
                               InputError, InputSpec, Runner, TorchRunner, UnsupportedError, cache_root,
                               calibration_batches, distribution_version, hookimpl, place, torch_dtype)
 
@@ -287,6 +287,16 @@ class TensorRTBackend(Backend):
         devices=("cuda",), precisions=frozenset({"fp32", "fp16", "bf16", "int8"}), dynamic_batch=True,
         dynamic_shapes=True, thread_safe=False, serializable=True, compile_cost="high",
         priority={"nvidia": 10, "*": 1000}, int8_modes=("static",),
+    )
+    options = (
+        Option("min_block_size", int, 5, "smallest subgraph TensorRT takes"),
+        Option("workspace_size", int, DEFAULT_WORKSPACE, "builder workspace in bytes"),
+        Option("timing_cache_path", str, None, "TensorRT's timing cache (default under motorpool's cache root)"),
+        Option("optimization_level", int, None, "builder optimization level 0-5"),
+        Option("torch_executed_ops", (list, tuple, set), None, "operators left to PyTorch"),
+        Option("min_sizes", dict, None, "lower bound per dynamic dimension, e.g. {'batch': 1}"),
+        Option("opt_sizes", dict, None, "size to optimize for per dynamic dimension"),
+        Option("max_sizes", dict, None, "upper bound per dynamic dimension, e.g. {'batch': 64}"),
     )
 
     def availability(self) -> Availability:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+from motorpool.plugin import (Option, INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
                               Runner, TorchRunner, cache_root, export_program, fp32_strict, hookimpl, place,
                               prepare_torch_precision, save_exported, torch_availability)
 
@@ -81,6 +81,11 @@ class TorchCompileBackend(Backend):
         devices=("cpu", "cuda"), precisions=frozenset({"fp32", "fp16", "bf16", "int8"}), dynamic_batch=True,
         dynamic_shapes=True, thread_safe=False, serializable=True, compile_cost="high",
         priority={"*": 50, "nvidia": 20}, int8_modes=("static",),
+    )
+    options = (
+        INT8_OPTION,
+        Option("mode", str, None, "torch.compile's mode: default, reduce-overhead, max-autotune, "
+               "max-autotune-no-cudagraphs"),
     )
 
     def availability(self) -> Availability:

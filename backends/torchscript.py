@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.utils._pytree
 
-from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+from motorpool.plugin import (INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
                               Runner, TorchRunner, hookimpl, place, prepare_torch_precision, torch_availability)
 
 ARTIFACT = "model.ts"
@@ -44,6 +44,7 @@ class TorchScriptBackend(Backend):
         dynamic_shapes=True, thread_safe=True, serializable=True, compile_cost="low",
         priority={"*": 60, "nvidia": 60}, int8_modes=("dynamic", "static"),
     )
+    options = (INT8_OPTION,)
 
     def availability(self) -> Availability:
         if not hasattr(torch, "jit") or not hasattr(torch.jit, "trace"):

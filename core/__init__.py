@@ -17,7 +17,7 @@ from .export import export
 from .plugin.contract import (PRECISIONS, Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner,
                               Status)
 from .plugin.errors import (ArtifactError, BackendUnavailable, CompileError, DuplicateBackendError, GateError,
-                            InputError, MotorpoolError, PluginError, PluginWarning, UnknownBackendError,
+                            InputError, MotorpoolError, OptionError, PluginError, PluginWarning, UnknownBackendError,
                             UnsupportedError, VerificationError)
 from .plugin import hardware  # motorpool.hardware.detect(), .summary(), .fingerprint()
 from .plugin.hookspecs import hookimpl
@@ -45,7 +45,7 @@ __all__ = [
     "__version__", "compile", "load", "export",
     "PRECISIONS", "Availability", "Backend", "BackendRecord", "Capabilities", "CompileOptions", "Runner", "Status",
     "ArtifactError", "BackendUnavailable", "CompileError", "DuplicateBackendError", "GateError", "InputError",
-    "MotorpoolError", "PluginError", "PluginWarning", "UnknownBackendError", "UnsupportedError", "VerificationError",
+    "MotorpoolError", "OptionError", "PluginError", "PluginWarning", "UnknownBackendError", "UnsupportedError", "VerificationError",
     "hardware", "hookimpl", "BackendInfo", "Registry", "get_registry", "list_backends", "InputSpec", "TensorSpec",
     "Engine", "Candidate", "Report", "TOLERANCES",
     "select", "Selection", "Gate", "GateResult", "Metric", "PruneReport", "PruneResult", "prune", "prune_iteratively",

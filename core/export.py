@@ -27,7 +27,7 @@ from .engine.manifest import ARTIFACT_DIR, build_manifest, runtime_versions, wri
 from .pipeline.prepare import as_module, prepare
 from .pipeline.stored import PENDING, store_cases
 from .plugin import hardware
-from .plugin.contract import PRECISIONS, Backend, CompileOptions
+from .plugin.contract import PRECISIONS, Backend, CompileOptions, check_options
 from .plugin.errors import BackendUnavailable, UnsupportedError
 from .plugin.registry import get_registry, safe_availability
 from .plugin.spec import InputSpec, as_example_tuple
@@ -51,6 +51,7 @@ def export(model: torch.nn.Module, example_inputs: Any, *, backend: str, path: s
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     b = get_registry().get(backend)
+    check_options(options, b.declared_options(), what=f"backend {b.name!r}")
     av = safe_availability(b)
     if not av.available and not av.can_export:
         raise BackendUnavailable(b.name, av, f"backend {b.name!r} can neither run nor export here: {av.reason}"

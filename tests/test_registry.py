@@ -197,3 +197,33 @@ def test_an_empty_registry_says_why_compile_has_no_candidate(monkeypatch):
                 motorpool.compile(model, x)
     finally:
         set_registry(previous)
+
+
+# -- declared options -------------------------------------------------------------------------------------
+
+def test_a_misspelled_option_is_an_error_with_the_closest_name():
+    model, x = zoo.get("mlp").build(2)
+    with pytest.raises(motorpool.OptionError, match=r"'int_8' is not an option of backend 'eager'; did you mean "
+                                                    r"'int8'\? \(valid: int8\)"):
+        motorpool.compile(model, x, backend="eager", precision="int8", options={"int_8": "static"}, cache=False)
+    with pytest.raises(motorpool.OptionError, match="option 'int8': 'statik' is not one of 'auto', 'dynamic'"):
+        motorpool.compile(model, x, backend="eager", precision="int8", options={"int8": "statik"}, cache=False)
+
+
+def test_under_auto_a_key_must_belong_to_some_candidate_and_reaches_only_its_backend():
+    model, x = zoo.get("mlp").build(2)
+    with pytest.raises(motorpool.OptionError, match=r"'intra_op_threads' is not an option of any of the candidate "
+                                                    r"backends .*did you mean 'intra_op_num_threads'"):
+        motorpool.compile(model, x, backend="auto", options={"intra_op_threads": 1}, cache=False)
+    # an option only onnxruntime declares is fine under a list, and eager never sees it
+    engine = motorpool.compile(model, x, backend=["eager", "onnxruntime"], cache=False,
+                               options={"intra_op_num_threads": 1})
+    assert engine.backend == "eager" and engine.options == {}
+
+
+def test_every_builtin_backend_declares_its_options():
+    for name in ("eager", "torchscript", "torch_compile", "onnxruntime", "openvino", "tensorrt", "coreml"):
+        declared = motorpool.get_registry().get(name).declared_options()
+        assert declared, name
+        for option in declared.values():
+            assert option.doc and option.name.isidentifier(), (name, option)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+from motorpool.plugin import (Option, Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
                               InputError, Runner, UnsupportedError, detect_hardware, distribution_version,
                               flatten_outputs, hookimpl, place)
 
@@ -104,6 +104,11 @@ class CoreMLBackend(Backend):
         devices=("ane", "mps", "cpu"), precisions=frozenset({"fp32", "fp16", "int8"}), dynamic_batch=True,
         dynamic_shapes=True, thread_safe=False, serializable=True, compile_cost="medium",
         priority={"apple": 10, "*": 500}, native_inputs="numpy",
+    )
+    options = (
+        Option("minimum_deployment_target", str, None, "coremltools target (iOS16, macOS13, ...)"),
+        Option("min_sizes", dict, None, "lower bound per dynamic dimension, e.g. {'batch': 1}"),
+        Option("max_sizes", dict, None, "upper bound per dynamic dimension, e.g. {'batch': 256}"),
     )
 
     def availability(self) -> Availability:

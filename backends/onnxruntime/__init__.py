@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from motorpool.plugin import (Availability, Backend, BackendRecord, BackendUnavailable, Capabilities, CompileError,
+from motorpool.plugin import (Option, Availability, Backend, BackendRecord, BackendUnavailable, Capabilities, CompileError,
                               CompileOptions, Runner, UnsupportedError, distribution_version, first_line, hookimpl,
                               place, probe_package)
 
@@ -119,6 +119,25 @@ class OnnxRuntimeBackend(Backend):
         dynamic_batch=True, dynamic_shapes=True, thread_safe=True, serializable=True, compile_cost="low",
         priority={"cpu": 10, "intel-cpu": 20, "nvidia": 30, "*": 40}, native_inputs="numpy",
         int8_modes=("dynamic", "static"),
+    )
+    options = (
+        Option("graph_optimization_level", str, "all", "ONNX Runtime's graph optimizations", choices=OPT_LEVELS),
+        Option("intra_op_num_threads", int, 0, "threads inside an operator (0: ONNX Runtime's default)"),
+        Option("inter_op_num_threads", int, 0, "threads across operators (parallel execution mode)"),
+        Option("execution_mode", str, "sequential", "run operators one after another or in parallel",
+               choices=("sequential", "parallel")),
+        Option("log_severity_level", int, 3, "ONNX Runtime's log level (0 verbose .. 4 fatal)"),
+        Option("providers", (list, tuple), None, "execution providers in order, names or (name, options) pairs"),
+        Option("exporters", (list, tuple), EXPORTERS, "ONNX exporters to try in order"),
+        Option("opset", int, None, "ONNX opset to export (default: the exporter's)"),
+        Option("transformer_optimizer", str, None, "run onnxruntime.transformers' optimizer for this model type "
+               "(bert, gpt2, ...)"),
+        Option("num_heads", int, 0, "attention heads, for the transformer optimizer"),
+        Option("hidden_size", int, 0, "hidden size, for the transformer optimizer"),
+        Option("int8", str, None, "how int8 is made: static (QDQ, calibrated) or dynamic (default: static when "
+               "calibration is given)", choices=("auto", "static", "dynamic")),
+        Option("int8_op_types", (list, tuple), None, "operator types to quantize"),
+        Option("int8_per_channel", bool, True, "per-channel weight scales"),
     )
 
     def availability(self) -> Availability:

@@ -72,12 +72,12 @@ def _to_int8(path: Path, spec, calibration, extra: dict[str, Any], workdir: Path
         quantize_static,
     )
 
-    mode = extra.get("int8_mode") or ("static" if calibration is not None else "dynamic")
+    mode = extra.get("int8") if extra.get("int8") not in (None, "auto") else ("static" if calibration is not None else "dynamic")
     if mode not in ("static", "dynamic"):
-        raise UnsupportedError(f"int8_mode {mode!r}: choose 'static' (with calibration=...) or 'dynamic'",
+        raise UnsupportedError(f"options int8={mode!r}: choose 'static' (with calibration=...) or 'dynamic'",
                                backend="onnxruntime")
     if mode == "static" and calibration is None:
-        raise UnsupportedError('int8_mode="static" needs calibration=... (an iterable of example input tuples)',
+        raise UnsupportedError('options int8="static" needs calibration=... (an iterable of example input tuples)',
                                backend="onnxruntime")
     src, pre_note = _preprocess(path, workdir)
     out = workdir / "model.int8.onnx"

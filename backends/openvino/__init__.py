@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from motorpool.plugin import (ArtifactError, Availability, Backend, BackendRecord, Capabilities, CompileError,
+from motorpool.plugin import (Option, ArtifactError, Availability, Backend, BackendRecord, Capabilities, CompileError,
                               CompileOptions, FlatOutputs, Runner, UnsupportedError, cache_root, distribution_version,
                               export_program, first_line, hookimpl, probe_package, quiet_exporters)
 
@@ -157,6 +157,20 @@ class OpenVINOBackend(Backend):
         dynamic_batch=True, dynamic_shapes=True, thread_safe=True, serializable=True, compile_cost="low",
         priority={"intel-cpu": 10, "cpu": 30, "*": 70}, native_inputs="numpy",
         int8_modes=("static",),
+    )
+    options = (
+        Option("ov_device", str, None, "an OpenVINO device name (CPU, GPU.0, NPU, AUTO...) instead of the mapping"),
+        Option("cache_dir", (str, Path, bool), None, "OpenVINO's model cache (False: off); default under "
+               "motorpool's cache root"),
+        Option("converters", (list, tuple), CONVERTERS, "conversions to try in order"),
+        Option("inference_precision", str, None, "INFERENCE_PRECISION_HINT for an int8 model"),
+        Option("performance_hint", str, "LATENCY", "PERFORMANCE_HINT", choices=PERFORMANCE_HINTS
+               + tuple(h.lower() for h in PERFORMANCE_HINTS)),
+        Option("num_streams", (int, str), None, "NUM_STREAMS"),
+        Option("num_threads", int, None, "INFERENCE_NUM_THREADS"),
+        Option("int8", str, None, "how int8 is made: static (NNCF, calibrated) or weights (weight-only; the default "
+               "without calibration)", choices=("auto", "static", "weights")),
+        Option("model_type", str, None, "NNCF's model type (transformer)"),
     )
 
     def availability(self) -> Availability:

@@ -23,13 +23,13 @@ def quantize(ov_model, spec, calibration: Iterable[Any] | None, extra: dict[str,
     import nncf
 
     nncf.set_log_level(logging.ERROR)  # its INFO tables and progress bars are not the user's business
-    mode = extra.get("int8_mode") or ("static" if calibration is not None else "weights")
+    mode = extra.get("int8") if extra.get("int8") not in (None, "auto") else ("static" if calibration is not None else "weights")
     if mode not in ("static", "weights"):
-        raise UnsupportedError(f"int8_mode {mode!r} on openvino: choose 'static' (NNCF quantization, needs "
+        raise UnsupportedError(f"options int8={mode!r} on openvino: choose 'static' (NNCF quantization, needs "
                                "calibration=...) or 'weights' (weight-only int8)", backend="openvino")
     if mode == "static" and calibration is None:
         raise UnsupportedError("int8 on openvino needs calibration=... (NNCF static quantization), or "
-                               "options={'int8_mode': 'weights'} for weight-only int8", backend="openvino")
+                               "options={'int8': 'weights'} for weight-only int8", backend="openvino")
     try:
         if mode == "static":
             items = _items(spec, calibration)

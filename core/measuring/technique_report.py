@@ -21,7 +21,7 @@ import torch.utils._pytree as pytree
 
 from ..pipeline.candidate import candidate_status, reason
 from ..pipeline.prepare import as_module
-from ..plugin.registry import BackendInfo, list_backends
+from ..plugin.registry import BackendInfo, get_registry, list_backends
 from ..plugin.spec import InputSpec, as_example_tuple
 from ..plugin.torch_precision import model_size_bytes
 from ..selection.dispatch import compile_model
@@ -256,7 +256,9 @@ def _measure_row(row: Row, tech: Technique, model, examples, gate: Gate, calib, 
     t0 = time.perf_counter()
     try:
         subject = tech.transform(model, examples) if tech.transform else model
-        tech_options = {**options, **({"int8": tech.int8} if tech.int8 else {})} or None
+        declared = _declared_option_names(tech.backend)
+        tech_options = {k: v for k, v in {**options, **({"int8": tech.int8} if tech.int8 else {})}.items()
+                        if k in declared} or None
         engine = compile_model(subject, examples, backend=tech.backend, precision=tech.precision,
                                calibration=calib if tech.int8 != "dynamic" and tech.precision == "int8" else None,
                                options=tech_options, cache=False)
@@ -269,6 +271,10 @@ def _measure_row(row: Row, tech: Technique, model, examples, gate: Gate, calib, 
     row.metric, row.score, row.drop, row.within_budget = result.metric, result.score, result.drop, result.passed
     row.size_bytes = _artifact_bytes(engine)
     return engine
+
+
+def _declared_option_names(backend: str) -> set[str]:
+    return set(get_registry().get(backend).declared_options())
 
 
 def _time_rows(rows: list[Row], engines: dict[int, Any], model, examples, baseline: int | None, *, batch: int,

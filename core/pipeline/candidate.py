@@ -16,7 +16,7 @@ import torch
 from ..engine import artifact_cache
 from ..engine.engine import Engine
 from ..engine.report import Report
-from ..plugin.contract import Availability, Backend, CompileOptions
+from ..plugin.contract import Availability, Backend, CompileOptions, check_options
 from ..plugin.errors import BackendUnavailable, CompileError, MotorpoolError, UnsupportedError
 from ..plugin.helpers import flatten_outputs, host_device
 from ..plugin.registry import safe_availability
@@ -74,6 +74,15 @@ def as_compile_error(exc: BaseException, name: str) -> BaseException:
     return CompileError(f"{name} failed to compile the model: {type(exc).__name__}: {exc}", backend=name)
 
 
+def own_options(b: Backend, options: dict) -> dict:
+    """The options ``b`` declares, checked (type, choices); under "auto", a list or "fastest" the caller's
+    options may hold keys meant for another candidate, which ``b`` never sees."""
+    declared = b.declared_options()
+    mine = {k: v for k, v in options.items() if k in declared}
+    check_options(mine, declared, what=f"backend {b.name!r}")
+    return mine
+
+
 def compile_one(b: Backend, model: torch.nn.Module, examples: tuple, spec: InputSpec, tree, *, device: str,
                 precision: str, calibration, options: dict, do_verify: bool, cache: bool | None = None,
                 gate: Any = None) -> Engine:
@@ -90,6 +99,7 @@ def compile_one(b: Backend, model: torch.nn.Module, examples: tuple, spec: Input
     if problem:
         raise UnsupportedError(problem, backend=b.name)
     dev = resolve_device(b, av, device)
+    options = own_options(b, options)
     dspec = spec.with_device(host_device(dev))  # Core ML's "ane" takes host tensors
     entry = artifact_cache.entry_for(b, av, model, dspec, precision=precision, options=options,
                                      calibration=calibration, enabled_=cache)

@@ -14,10 +14,10 @@ another part of motorpool. Built-in backends import only from this facade, exact
 """
 
 from .calibration import MAX_CALIBRATION_BATCHES, calibration_batches, calibration_feeds, numpy_feeds
-from .contract import (PRECISIONS, Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner,
-                       Status, distribution_version, probe_package)
+from .contract import (PRECISIONS, Availability, Backend, BackendRecord, Capabilities, CompileOptions, Option,
+                       Runner, Status, check_options, distribution_version, probe_package)
 from .errors import (ArtifactError, BackendUnavailable, CompileError, DuplicateBackendError, GateError,
-                     InputError, MotorpoolError, PluginError, PluginWarning, UnknownBackendError, UnsupportedError,
+                     InputError, MotorpoolError, OptionError, PluginError, PluginWarning, UnknownBackendError, UnsupportedError,
                      VerificationError)
 from .hardware import detect as detect_hardware
 from .helpers import (FlatOutputs, TorchRunner, capture_inputs, export_program, first_line, flatten_outputs,
@@ -28,10 +28,11 @@ from .operator_stats import OperatorStat, operator_table, torch_operator_profile
 from .paths import cache_root, private_dir
 from .registry import BackendInfo, Registry, get_registry, list_backends, safe_availability
 from .spec import BATCH, InputSpec, TensorSpec, torch_dtype
-from .torch_precision import cast_model, prepare_torch_precision
+from .torch_precision import INT8_OPTION, cast_model, prepare_torch_precision
 
 __all__ = [
-    "PRECISIONS", "Availability", "Backend", "BackendRecord", "Capabilities", "CompileOptions", "Runner", "Status",
+    "PRECISIONS", "Availability", "Backend", "BackendRecord", "Capabilities", "CompileOptions", "Option", "Runner",
+    "Status", "check_options", "OptionError", "INT8_OPTION",
     "distribution_version", "probe_package", "hookimpl",
     "ArtifactError", "BackendUnavailable", "CompileError", "DuplicateBackendError", "GateError", "InputError",
     "MotorpoolError", "PluginError", "PluginWarning", "UnknownBackendError", "UnsupportedError", "VerificationError",

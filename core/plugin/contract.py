@@ -9,6 +9,7 @@ module import, so that knowing a backend's name costs nothing.
 from __future__ import annotations
 
 import abc
+import difflib
 import enum
 import importlib.metadata
 import importlib.util
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from .errors import UnsupportedError
+from .errors import OptionError, UnsupportedError
 
 if TYPE_CHECKING:
     import torch
@@ -147,6 +148,44 @@ class Capabilities:
         }
 
 
+@dataclass(frozen=True)
+class Option:
+    """One key a backend takes in ``options=``: its ``name``, the ``type`` its value must be (a type or a tuple of
+    types; None: any), its ``default`` (what the backend does without it), ``choices`` when only some values
+    are valid, and a one-line ``doc``. ``load=True`` marks an option that may come back from a saved
+    manifest when the engine is loaded; every other option only shapes the compile (and a manifest cannot
+    set it)."""
+
+    name: str
+    type: type | tuple[type, ...] | None = None
+    default: Any = None
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+    load: bool = False
+
+    def check(self, value: Any, backend: str) -> None:
+        if self.type is not None and value is not None and not isinstance(value, self.type):
+            want = " or ".join(t.__name__ for t in (self.type if isinstance(self.type, tuple) else (self.type,)))
+            raise OptionError(f"{backend} option {self.name!r}: expected {want}, got {type(value).__name__} "
+                              f"{value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise OptionError(f"{backend} option {self.name!r}: {value!r} is not one of "
+                              f"{', '.join(map(repr, self.choices))}")
+
+
+def check_options(options: Mapping[str, Any], declared: Mapping[str, Option], *, what: str) -> None:
+    """Every key of ``options`` is one of ``declared`` (else :class:`OptionError` listing them, with the
+    closest name), and every value fits its declaration."""
+    for key, value in options.items():
+        option = declared.get(key)
+        if option is None:
+            close = difflib.get_close_matches(key, list(declared), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            valid = ", ".join(sorted(declared)) or "none"
+            raise OptionError(f"options: {key!r} is not an option of {what}{hint} (valid: {valid})")
+        option.check(value, what)
+
+
 @dataclass
 class CompileOptions:
     """Everything a backend's ``compile`` is told. ``extra`` carries backend-specific options by name."""
@@ -215,6 +254,12 @@ class Backend(abc.ABC):
     #: the extra that installs what this backend needs, for the "not installed" fix
     extra: ClassVar[str | None] = None
     description: ClassVar[str] = ""
+    #: the keys it takes in ``options=`` (see :class:`Option`); any other key is an :class:`OptionError`
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    @classmethod
+    def declared_options(cls) -> dict[str, Option]:
+        return {o.name: o for o in cls.options}
 
     @abc.abstractmethod
     def availability(self) -> Availability:

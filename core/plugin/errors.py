@@ -94,5 +94,9 @@ class DuplicateBackendError(PluginError, ValueError):
         super().__init__(f"backend name {name!r} is registered twice: by {first} and by {second}")
 
 
+class OptionError(MotorpoolError, ValueError):
+    """An ``options=`` key no backend asked for declares, or a value of the wrong type or choice."""
+
+
 class PluginWarning(UserWarning):
     """A plugin was skipped; the message names it and its distribution."""

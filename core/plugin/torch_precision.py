@@ -32,6 +32,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from .calibration import calibration_batches
+from .contract import Option
 from .errors import InputError, UnsupportedError
 from .helpers import first_line
 
@@ -41,6 +42,9 @@ DYNAMIC_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.LSTM, nn.GRU)
 CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: ``options["int8"]`` values: how int8 is done ("auto": static when calibration is given, else dynamic)
 INT8_MODES = ("auto", "dynamic", "static")
+#: the option every backend built on these helpers takes (declare it in ``Backend.options``)
+INT8_OPTION = Option("int8", str, "auto", "how int8 is made: dynamic (torch.ao, no data), static (calibrated; needs "
+                     "calibration=), auto (static when calibration is given)", choices=INT8_MODES)
 
 
 @dataclass

@@ -14,7 +14,8 @@ import torch
 from ..engine.engine import Engine
 from ..pipeline.prepare import as_module, prepare
 from ..plugin.calibration import materialize_calibration
-from ..plugin.contract import PRECISIONS
+from ..plugin.contract import PRECISIONS, Option, check_options
+from ..plugin.registry import get_registry
 from ..techniques.gate import Gate
 from .auto import compile_in_order
 from .fastest import compile_fastest
@@ -33,6 +34,7 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, *, backend: str |
         raise TypeError(f"gate: expected a motorpool.Gate, got {type(gate).__name__}")
     model = as_module(model)  # a torch.export program (or its module) as a plain module
     calibration = materialize_calibration(calibration)  # every candidate and the verification see it whole
+    check_compile_options(backend, candidates, options or {})
     if precision == "auto":
         return compile_precision_search(model, example_inputs, backend=backend, device=device, gate=gate,
                                         dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims,
@@ -49,3 +51,24 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, *, backend: str |
     return compile_in_order(model, examples, spec, tree, backend=backend, device=device, precision=precision,
                             calibration=calibration, options=dict(options or {}), verify=verify,
                             objective=objective, candidates=candidates, cache=cache, gate=gate)
+
+
+def check_compile_options(backend: str | Sequence[str], candidates: Sequence[str] | None,
+                          options: Mapping[str, Any]) -> None:
+    """Every key of ``options`` is declared by the backend named (or, under "auto", "fastest" or a list, by at
+    least one candidate): a misspelled key is an :class:`OptionError` naming the valid ones, not a silent
+    no-op."""
+    if not options:
+        return
+    reg = get_registry()
+    if isinstance(backend, str) and backend not in ("auto", "fastest"):
+        b = reg.get(backend)
+        check_options(options, b.declared_options(), what=f"backend {b.name!r}")
+        return
+    names = list(candidates) if candidates else (reg.names() if isinstance(backend, str) else list(backend))
+    declared: dict[str, Option] = {}
+    for name in names:
+        for key, option in reg.get(name).declared_options().items():
+            declared.setdefault(key, option)
+    unknown = {k: v for k, v in options.items() if k not in declared}
+    check_options(unknown, declared, what=f"any of the candidate backends ({', '.join(names)})")
