@@ -287,3 +287,24 @@ def test_compile_puts_model_in_eval_mode():
     engine = motorpool.compile(model, x, backend="eager")
     assert not model.training
     torch.testing.assert_close(engine(*x), model(*x))
+
+
+def test_a_manifest_cannot_steer_load_options(tmp_path):
+    """options in a manifest shape the compile only: a crafted one cannot point OpenVINO's cache elsewhere,
+    and a key the backend does not declare is warned about and ignored."""
+    import json
+
+    from motorpool.engine.manifest import write_manifest
+
+    pytest.importorskip("openvino", reason='openvino is not installed: pip install "motorpool[openvino]"')
+    model, x = zoo.get("mlp").build(2)
+    engine = motorpool.compile(model, x, backend="openvino", cache=False)
+    path = engine.save(tmp_path / "e")
+    manifest = json.loads((path / "manifest.json").read_text())
+    elsewhere = tmp_path / "planted-cache"
+    manifest["options"] = {"cache_dir": str(elsewhere), "load_library": "/tmp/evil.so"}
+    write_manifest(path, {k: v for k, v in manifest.items() if k != "checksums"})
+    with pytest.warns(UserWarning, match=r"options \['load_library'\] are not options of openvino; ignored"):
+        loaded = motorpool.load(path)
+    torch.testing.assert_close(loaded(x[0]), engine(x[0]))
+    assert not elsewhere.exists()

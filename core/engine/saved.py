@@ -23,6 +23,18 @@ from .manifest import ARTIFACT_DIR, read_manifest
 from .report import Report
 
 
+def load_options(b, stored: dict, path: Path) -> dict:
+    """The manifest's options a backend may be given at load: those it declares with ``Option.load``. The
+    others shaped the compile and are kept for the record; a manifest cannot choose, say, where a runtime
+    writes its cache. A key the backend does not declare at all is warned about."""
+    declared = b.declared_options()
+    unknown = sorted(k for k in stored if k not in declared)
+    if unknown:
+        warnings.warn(f"{path}: the manifest's options {unknown} are not options of {b.name}; ignored",
+                      stacklevel=3)
+    return {k: v for k, v in stored.items() if k in declared and declared[k].load}
+
+
 def open_saved(path: str | Path, *, strict: bool = False, device: str | None = None, stacklevel: int = 2) -> Engine:
     """The engine saved at ``path``. Reads no pickle; checks every checksum.
 
@@ -43,7 +55,8 @@ def open_saved(path: str | Path, *, strict: bool = False, device: str | None = N
     spec = InputSpec.from_dict(manifest["input_spec"])
     dev = device or manifest.get("device", spec.device)
     spec = spec.with_device(host_device(dev))
-    opts = CompileOptions(device=dev, precision=manifest["precision"], spec=spec, extra=manifest.get("options", {}))
+    opts = CompileOptions(device=dev, precision=manifest["precision"], spec=spec,
+                          extra=load_options(b, manifest.get("options") or {}, path))
     t0 = time.perf_counter()
     try:
         runner = b.load(path / ARTIFACT_DIR, manifest.get("backend_metadata", {}), opts)
