@@ -357,8 +357,10 @@ class TensorRTBackend(Backend):
         if warning:
             info["warnings"] = [warning]
             warnings.warn(f"tensorrt: {warning}", stacklevel=2)
-        return TensorRTRunner(module, device=device, precision=options.precision, shapes=shapes, info=info,
-                              save_inputs=list(save_inputs), dynamic_shapes=dynamic)
+        runner = TensorRTRunner(module, device=device, precision=options.precision, shapes=shapes, info=info,
+                                save_inputs=list(save_inputs), dynamic_shapes=dynamic)
+        runner.dim_bounds = {k: (lo, hi) for k, (lo, _, hi) in ranges.items()}
+        return runner
 
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         import torch_tensorrt

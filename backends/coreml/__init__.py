@@ -66,6 +66,7 @@ class CoreMLRunner(Runner):
                      "converted_from": metadata.get("converted_from"),
                      "flexible_shapes": metadata.get("flexible_shapes"),
                      "op_count": metadata["program"]["op_count"], "versions": metadata.get("versions", {})}
+        self.dim_bounds = {k: (v["min"], v["max"]) for k, v in (metadata.get("shape_ranges") or {}).items()}
 
     def run(self, inputs: list[Any]) -> list[Any]:
         feed = {}

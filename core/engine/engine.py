@@ -96,6 +96,13 @@ class Engine:
         except MotorpoolError:
             raise
         except Exception as exc:  # a runtime's own message, given the context it lacks
+            outside = _outside_examples_range(self._spec, inputs)
+            if outside is not None:  # a token id past the vocabulary: the caller's input, not the engine
+                name, seen, (low, high) = outside
+                raise InputError(f"input {name!r}: values {seen[0]:g}..{seen[1]:g} lie outside the range the "
+                                 f"examples had ({low:g}..{high:g}), and the {self.backend} engine failed on them "
+                                 f"({type(exc).__name__}: {str(exc)[:300]})", input=name,
+                                 expected=f"{low:g}..{high:g}", got=f"{seen[0]:g}..{seen[1]:g}") from exc
             raise RuntimeError(f"{self.backend} engine failed on inputs "
                                f"{_describe_values(inputs)} (spec {self._spec.describe()}): "
                                f"{type(exc).__name__}: {exc}") from exc
@@ -155,6 +162,23 @@ class Engine:
                               hardware={"fingerprint": hardware.fingerprint(), "summary": hardware.summary()},
                               verification=self.report.verification, compile_time_s=self.report.compile_time_s,
                               options=self.options, backend_metadata=metadata)
+
+
+def _outside_examples_range(spec: InputSpec, inputs: list[Any]):
+    """The first integer input whose values leave the range its examples had: (name, (min, max), (low, high))."""
+    for t, x in zip(spec.inputs, inputs):
+        if t.low is None or t.high is None or not _is_integer_array(x):
+            continue
+        lo, hi = float(x.min()), float(x.max())
+        if lo < t.low or hi > t.high:
+            return t.name, (lo, hi), (t.low, t.high)
+    return None
+
+
+def _is_integer_array(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return x.numel() > 0 and not (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool)
+    return isinstance(x, np.ndarray) and x.size > 0 and np.issubdtype(x.dtype, np.integer)
 
 
 def _describe_values(values: Iterable[Any]) -> str:

@@ -128,5 +128,5 @@ def _compile_fresh(b: Backend, av: Availability, model: torch.nn.Module, example
     info = dict(getattr(runner, "info", {}) or {})
     info.setdefault("versions", dict(av.versions))
     report = Report(b.name, runner.device, runner.precision, compile_time_s=compile_time, info=info)
-    return Engine(runner, backend=b.name, spec=dspec, output_tree=tree, report=report,
+    return Engine(runner, backend=b.name, spec=dspec.with_bounds(runner.dim_bounds), output_tree=tree, report=report,
                   backend_version=av.version, options=options)

@@ -211,6 +211,9 @@ class Runner(abc.ABC):
     native_inputs: str = "torch"
     #: what the backend reports about itself (providers, exporter path, blocks...)
     info: dict[str, Any]
+    #: (min, max) per dynamic dimension the compiled artifact was built for (a TensorRT profile, a Core ML
+    #: range, an ExecuTorch memory plan); the engine's spec carries them, so a call past one is an InputError
+    dim_bounds: dict[str, tuple[int | None, int | None]] | None = None
 
     @abc.abstractmethod
     def run(self, inputs: list[Any]) -> list[Any]:

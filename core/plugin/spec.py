@@ -83,6 +83,8 @@ class InputSpec:
     device: str = "cpu"
     #: example sizes of each dynamic dimension, used to draw fresh inputs
     example_sizes: Mapping[str, int] = field(default_factory=dict)
+    #: (min, max) per dynamic dimension that has bounds (an engine built for batch 1..64); None: unbounded
+    bounds: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -106,16 +108,29 @@ class InputSpec:
         return "(" + ", ".join(t.describe() for t in self.inputs) + f") on {self.device}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inputs": [t.to_dict() for t in self.inputs], "device": self.device,
-                "example_sizes": dict(self.example_sizes)}
+        d = {"inputs": [t.to_dict() for t in self.inputs], "device": self.device,
+             "example_sizes": dict(self.example_sizes)}
+        if self.bounds:
+            d["bounds"] = {k: list(v) for k, v in self.bounds.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "InputSpec":
         return cls(tuple(TensorSpec.from_dict(t) for t in d["inputs"]), d.get("device", "cpu"),
-                   dict(d.get("example_sizes", {})))
+                   dict(d.get("example_sizes", {})), {k: tuple(v) for k, v in (d.get("bounds") or {}).items()})
 
     def with_device(self, device: str) -> "InputSpec":
         return replace(self, device=device)
+
+    def with_bounds(self, bounds: Mapping[str, tuple[int | None, int | None]] | None) -> "InputSpec":
+        """The spec with (min, max) bounds on some dynamic dimensions; a name that is not one is an error."""
+        if not bounds:
+            return self
+        unknown = set(bounds) - self.dynamic_dims
+        if unknown:
+            raise ValueError(f"bounds name {sorted(unknown)}, which are not dynamic dimensions of "
+                             f"{self.describe()}")
+        return replace(self, bounds={**self.bounds, **{k: (v[0], v[1]) for k, v in bounds.items()}})
 
     @classmethod
     def from_examples(cls, examples: Sequence[torch.Tensor], *, names: Sequence[str] | None = None,
@@ -187,6 +202,7 @@ class InputSpec:
                     if have < 1:
                         raise InputError(f"input {spec.name!r}: dimension {axis} ({want}) must be at least 1, "
                                          f"got {have}", input=spec.name, expected=want, got=shape)
+                    self._check_bound(spec.name, axis, want, have)
                     seen = sizes.setdefault(want, have)
                     if seen != have:
                         raise InputError(
@@ -198,6 +214,13 @@ class InputSpec:
                         f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(shape)} "
                         f"(dimension {axis} must be {want})", input=spec.name, expected=spec.shape, got=shape)
         return sizes
+
+    def _check_bound(self, name: str, axis: int, dim: str, size: int) -> None:
+        low, high = self.bounds.get(dim, (None, None))
+        if (low is not None and size < low) or (high is not None and size > high):
+            span = f"{low if low is not None else 1}..{high if high is not None else 'any'}"
+            raise InputError(f"input {name!r}: dimension {axis} ({dim}) is {size}, outside the bounds {span} this "
+                             f"engine was built for", input=name, expected=span, got=size)
 
     # -- drawing fresh inputs -----------------------------------------------------------------------
 
