@@ -112,7 +112,8 @@ def test_compile_then_run_on_npy_files(models_pkg, tmp_path, capsys):
     assert main(["run", str(engine_dir), str(tmp_path / "obj.npy"), "-o", str(out)]) == 2
     np.save(tmp_path / "bad.npy", np.ones((2, 7), dtype=np.float32))
     assert main(["run", str(engine_dir), str(tmp_path / "bad.npy"), "-o", str(out)]) == 1
-    assert "expected shape" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert "motorpool run: error: input 'x': expected shape" in err and "Traceback" not in err
 
 
 def test_cache_commands(tmp_path, monkeypatch, capsys):

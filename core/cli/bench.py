@@ -5,7 +5,9 @@ writes a terminal table plus JSON, Markdown and a PNG chart (``--out``)."""
 
 from __future__ import annotations
 
-from ._args import add_model_argument, csv_ints, csv_list, load_model_arg
+from ._args import (add_model_argument, csv_ints, csv_list, load_model_arg, positive_int, precision_list,
+                    shape_arg, with_shapes)
+from ._output import CommandFailed, UsageError, library_output, say
 
 
 def register(sub) -> None:
@@ -14,7 +16,7 @@ def register(sub) -> None:
     add_model_argument(p)
     p.add_argument("--backends", default="available",
                    help="comma-separated backend names, or 'available' (every backend that can run here)")
-    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32,fp16,bf16,int8")
+    p.add_argument("--precisions", default="fp32", type=precision_list, help="comma-separated: fp32,fp16,bf16,int8")
     p.add_argument("--batch-sizes", default="1,8,32", type=csv_ints, help="comma-separated batch sizes")
     p.add_argument("--scenarios", default="single_stream,offline",
                    help="comma-separated: single_stream, offline, server")
@@ -29,6 +31,14 @@ def register(sub) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip verifying each engine against eager PyTorch")
     p.add_argument("--out", default="motorpool-bench", help="directory for bench.json, bench.md and bench.png")
     p.add_argument("--stem", default="bench", help="file name stem of the written files")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps...")
+    p.add_argument("--threads", type=positive_int, default=None, help="run every engine on this many threads "
+                   "(torch's intra-op pool, ONNX Runtime's intra_op_num_threads, OpenVINO's num_threads; "
+                   "default: each runtime's own)")
+    p.add_argument("--shape", type=shape_arg, action="append", default=None, metavar="NAME=D0,D1,...",
+                   help="replace an example input by random data of this shape (NAME: input0, input1... or "
+                   "0, 1...); repeatable")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of the table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -48,55 +58,73 @@ def _backends(text: str) -> list[str]:
 
 def run(args) -> int:
     try:
-        import matplotlib  # noqa: F401
         import rich  # noqa: F401
     except ImportError as exc:
-        print(f"error: motorpool bench needs {exc.name}: pip install \"motorpool[bench]\"")
-        return 2
+        raise UsageError(f'motorpool bench needs {exc.name}: pip install "motorpool[bench]"') from None
+    import json
+
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .. import InputError, UnknownBackendError
-    from ..measuring.bench_output import print_table, write_all
+    from ..measuring.bench_output import chart_unavailable, print_table, write_all
     from ..measuring.benchmark import SCENARIOS, bench_model, steps_per_engine
 
     console = Console(stderr=True)
     scenarios = csv_list(args.scenarios)
     unknown = sorted(set(scenarios) - set(SCENARIOS))
     if unknown:
-        console.print(f"error: unknown scenario(s) {unknown}; choose from: {', '.join(SCENARIOS)}")
-        return 2
-    try:
-        loaded = load_model_arg(args.model, batch=max(args.batch_sizes))
-        backends = _backends(args.backends)
-    except (InputError, UnknownBackendError) as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False)
-        return 2
-    precisions = csv_list(args.precisions)
+        raise UsageError(f"--scenarios: unknown {', '.join(unknown)}; choose from: {', '.join(SCENARIOS)}")
+    loaded = load_model_arg(args.model, batch=max(args.batch_sizes))
+    examples = with_shapes(loaded.example_inputs, args.shape)
+    backends = _backends(args.backends)
+    precisions = args.precisions
     if not backends:
-        console.print("error: no backend to benchmark; `motorpool doctor` shows why each is unavailable")
-        return 2
+        raise UsageError("no backend to benchmark; `motorpool doctor` shows why each is unavailable")
+    options = None
+    if args.threads:
+        options = {"intra_op_num_threads": args.threads, "num_threads": args.threads}
     per_engine = steps_per_engine(args.batch_sizes, scenarios)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=console, transient=True, disable=args.no_progress)
-    with progress:
-        task = progress.add_task(f"bench {loaded.name}", total=per_engine * len(backends) * len(precisions))
-        finished = {"engines": 0}
+    import torch
 
-        def on_step(text: str) -> None:
-            progress.update(task, advance=1, description=f"bench {loaded.name}: {text}")
+    saved_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        with progress, library_output(getattr(args, "verbose", False)):
+            task = progress.add_task(f"bench {loaded.name}", total=per_engine * len(backends) * len(precisions))
+            finished = {"engines": 0}
 
-        def on_result(row) -> None:  # an engine that failed early skips its remaining steps
-            finished["engines"] += 1
-            progress.update(task, completed=per_engine * finished["engines"])
+            def on_step(text: str) -> None:
+                progress.update(task, advance=1, description=f"bench {loaded.name}: {text}")
 
-        suite = bench_model(loaded.model, loaded.example_inputs, backends=backends, precisions=precisions,
-                            batch_sizes=args.batch_sizes, scenarios=scenarios, time_budget_s=args.time_budget,
-                            measure_load=not args.no_load, verify=not args.no_verify, model_name=loaded.name,
-                            on_step=on_step, on_result=on_result, p99_bound_ms=args.p99_bound_ms,
-                            server_budget_s=args.server_budget, offline_workers=args.offline_workers)
-    print_table(suite)
+            def on_result(row) -> None:  # an engine that failed early skips its remaining steps
+                finished["engines"] += 1
+                progress.update(task, completed=per_engine * finished["engines"])
+
+            suite = bench_model(loaded.model, examples, backends=backends, precisions=precisions,
+                                batch_sizes=args.batch_sizes, scenarios=scenarios, time_budget_s=args.time_budget,
+                                measure_load=not args.no_load, verify=not args.no_verify, model_name=loaded.name,
+                                on_step=on_step, on_result=on_result, p99_bound_ms=args.p99_bound_ms,
+                                server_budget_s=args.server_budget, offline_workers=args.offline_workers,
+                                device=args.device, compile_options=options)
+    finally:
+        torch.set_num_threads(saved_threads)
+    if args.threads:
+        suite.config["threads"] = args.threads
+    if args.json:
+        print(json.dumps(suite.to_dict(), indent=2, default=str))
+    else:
+        print_table(suite)
+    if not any(r.status == "ok" for r in suite.results):
+        # nothing measured: earlier results in --out stay as they were
+        raise CommandFailed(f"no engine was measured, so nothing was written to {args.out} "
+                            "(the table says why each failed)")
     paths = write_all(suite, args.out, stem=args.stem)
     for kind, path in paths.items():
-        console.print(f"wrote {kind}: {path}", markup=False, highlight=False)
-    return 0 if any(r.status == "ok" for r in suite.results) else 1
+        say(f"wrote {kind}: {path}")
+    why = chart_unavailable()
+    if why:
+        say(f"motorpool: warning: no {args.stem}.png: {why}; wrote the rest")
+    return 0

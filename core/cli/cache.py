@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ._output import UsageError
+
 
 def register(sub) -> None:
     p = sub.add_parser("cache", help="list, clear or prune the cache of compiled engines")
@@ -49,13 +51,11 @@ def _prune(args) -> int:
     from ..engine import artifact_cache as ac
 
     if args.max_size is None and args.older_than_days is None:
-        print("error: say what to prune: --max-size SIZE and/or --older-than-days DAYS")
-        return 2
+        raise UsageError("say what to prune: --max-size SIZE and/or --older-than-days DAYS")
     try:
         max_bytes = ac.parse_size(args.max_size) if args.max_size is not None else None
     except ValueError as exc:
-        print(f"error: --max-size: {exc}")
-        return 2
+        raise UsageError(f"--max-size: {exc}") from None
     removed = ac.prune(max_bytes, older_than_s=None if args.older_than_days is None
                        else args.older_than_days * 86400)
     left = ac.entries()

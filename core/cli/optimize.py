@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from ._args import MODEL_HELP, csv_list
+from ._output import UsageError, library_output, say
 
 
 def register(sub) -> None:
@@ -28,24 +28,22 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from .. import Gate, MotorpoolError
+    from .. import Gate
     from .modelref import load_model
     from ..measuring.technique_report import default_metric, default_techniques, optimize_report
     from ..plugin.spec import InputSpec
 
     try:
         loaded = load_model(args.model, batch=args.batch)
-    except (MotorpoolError, ValueError, ImportError) as exc:
-        print(f"motorpool optimize: {exc}", file=sys.stderr)
-        return 2
+    except ImportError as exc:
+        raise UsageError(f"MODEL {args.model!r}: {exc}") from None
     every = default_techniques()
     techniques = list(every)
     if args.techniques:
         techniques = [t for t in techniques if any(k.lower() in t.name.lower() for k in args.techniques)]
         if not techniques:
             names = "; ".join(t.name for t in every)
-            print(f"motorpool optimize: --techniques {args.techniques} matches none of: {names}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--techniques {','.join(args.techniques)} matches none of: {names}")
     # no user data on the command line: fresh random inputs of the model's spec, so the metric says how
     # faithful each engine is to the model (not how accurate it is on a task)
     spec = InputSpec.from_examples(loaded.example_inputs)
@@ -55,12 +53,12 @@ def run(args) -> int:
         metric = args.metric or default_metric(loaded.model, loaded.example_inputs)
         gate = Gate(metric, data, args.max_drop)
     except ValueError as exc:
-        print(f"motorpool optimize: {exc}", file=sys.stderr)
-        return 2
-    progress = None if args.json else (lambda msg: print(msg, file=sys.stderr))
-    report = optimize_report(loaded.model, loaded.example_inputs, gate=gate, techniques=techniques,
-                             quick=args.quick, budget_s=args.budget, progress=progress,
-                             threads=args.threads)
+        raise UsageError(str(exc)) from None
+    progress = None if args.json else say
+    with library_output(getattr(args, "verbose", False)):
+        report = optimize_report(loaded.model, loaded.example_inputs, gate=gate, techniques=techniques,
+                                 quick=args.quick, budget_s=args.budget, progress=progress,
+                                 threads=args.threads)
     if args.json:
         print(json.dumps({"model": loaded.name, **report.to_dict()}, indent=2, default=str))
     else:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from ._args import MODEL_HELP
+from ._args import MODEL_HELP, PRECISION_CHOICES
+from ._output import library_output
 
 
 def register(sub) -> None:
     p = sub.add_parser("profile", help="split a call's time into conversion and backend; top operators")
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP + "; or a directory saved by `motorpool compile`")
     p.add_argument("--backend", default="auto", help="backend to compile MODEL for (ignored for a saved engine)")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES[:-1])
     p.add_argument("--batch", type=int, default=None, help="batch size of the profiled call (default: the examples')")
     p.add_argument("--calls", type=int, default=50, help="timed calls (default 50)")
     p.add_argument("--top", type=int, default=10, help="operators to list (default 10)")
@@ -28,7 +29,7 @@ def run(args) -> int:
     from .modelref import load_model
     from ..measuring.profiling import profile
 
-    try:
+    with library_output(getattr(args, "verbose", False)):
         if Path(args.model).is_dir():
             engine = motorpool.load(args.model)
             examples = None
@@ -39,11 +40,8 @@ def run(args) -> int:
             examples = loaded.example_inputs
         batch = args.batch or (examples[0].shape[0] if examples else engine.input_spec.example_sizes.get("batch", 1))
         inputs = inputs_at_batch(engine.input_spec, batch, examples)
-    except motorpool.MotorpoolError as exc:
-        print(f"error: {exc}")
-        return 2
-    if args.numpy:
-        inputs = tuple(x.numpy() for x in inputs)
-    result = profile(engine, inputs, calls=args.calls, top=args.top)
+        if args.numpy:
+            inputs = tuple(x.numpy() for x in inputs)
+        result = profile(engine, inputs, calls=args.calls, top=args.top)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ._output import CommandFailed, UsageError, library_output
+
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a saved engine on .npy inputs and write .npy outputs")
@@ -42,14 +44,13 @@ def run(args) -> int:
         try:
             arrays.append(np.load(f, allow_pickle=False))
         except (OSError, ValueError) as exc:
-            print(f"error: cannot read {f} as a .npy array (pickled object arrays are refused): {exc}")
-            return 2
-    try:
+            raise UsageError(f"cannot read {f} as a .npy array (pickled object arrays are refused): {exc}")
+    with library_output(getattr(args, "verbose", False)):
         engine = motorpool.load(args.engine, strict=args.strict)
-        outputs = engine(*arrays)
-    except motorpool.MotorpoolError as exc:
-        print(f"error: {exc}")
-        return 1
+        try:
+            outputs = engine(*arrays)
+        except motorpool.InputError as exc:  # the files do not fit the engine: a failure of this run (1)
+            raise CommandFailed(str(exc)) from None
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     for stem, value in output_names(outputs):

@@ -5,20 +5,41 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from ..engine.artifact_cache import format_size
 from .benchmark import BenchResult, BenchSuite
 
-COLUMNS = ("backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "stable", "offline /s", "compile s",
-           "load s", "1st call s", "peak RSS MiB", "artifact")
+COLUMNS = ("backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "stable", "offline /s", "server /s",
+           "compile s", "load s", "1st call s", "peak RSS MiB", "artifact")
+#: a narrow terminal (under WIDE columns) gets two tables: the figures per batch size, then per engine
+WIDE = 130
+NARROW_FIGURES = {"backend": "backend", "precision": "prec", "batch": "batch", "p50 ms": "p50 ms",
+                  "p99 ms": "p99 ms", "offline /s": "offline/s", "server /s": "server/s"}
+NARROW_ENGINE = {"backend": "backend", "precision": "prec", "compile s": "compile s", "load s": "load s",
+                 "1st call s": "1st call s", "peak RSS MiB": "RSS MiB", "artifact": "artifact"}
+#: the mark on a latency whose median had not settled when the time budget ran out
+UNSETTLED = "~"
+UNSETTLED_NOTE = (f"{UNSETTLED}: did not settle: the median still moved when the time budget ran out; a rough "
+                  "figure, not a result (raise --time-budget, quiet the machine)")
 
 
 def _ms(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "-"
     return f"{x:.3f}" if x < 100 else f"{x:.1f}"
+
+
+def _lat(ss: dict[str, Any], key: str) -> str:
+    text = _ms(ss.get(key))
+    return text if ss.get("stable", True) or text == "-" else UNSETTLED + text
+
+
+def _server_rate(r: BenchResult) -> str:
+    s = r.server or {}
+    return f"{s['max_rate_per_s']:.0f}" if s.get("max_rate_per_s") is not None else "-"
 
 
 def _s(x: float | None) -> str:
@@ -36,16 +57,16 @@ def rows(suite: BenchSuite) -> list[list[str]]:
     out = []
     for r in suite.results:
         if r.status != "ok":
-            out.append([r.backend, r.precision, "-", r.status, "", "", "", "", "", "", "", "", _short(r.reason)])
+            out.append([r.backend, r.precision, "-", r.status, "", "", "", "", "", "", "", "", "", _short(r.reason)])
             continue
         for i, b in enumerate(r.batches):
             ss, off = b.single_stream or {}, b.offline or {}
             first = i == 0
             out.append([
                 r.backend if first else "", r.precision if first else "", str(b.batch),
-                _ms(ss.get("p50_ms")), _ms(ss.get("p90_ms")), _ms(ss.get("p99_ms")),
+                _lat(ss, "p50_ms"), _lat(ss, "p90_ms"), _lat(ss, "p99_ms"),
                 ("yes" if ss.get("stable") else "no") if ss else "-",
-                f"{off['throughput_per_s']:.0f}" if off else "-",
+                f"{off['throughput_per_s']:.0f}" if off else "-", _server_rate(r) if first else "",
                 _s(r.compile_time_s) if first else "", _s(r.load_time_s) if first else "",
                 _s(r.first_call_s) if first else "", f"{r.peak_rss_mb:.0f}" if first and r.peak_rss_mb else "",
                 _size(r.artifact_bytes) if first else "",
@@ -86,20 +107,45 @@ def notes(suite: BenchSuite) -> list[str]:
             ss = b.single_stream or {}
             if ss.get("note") and not ss.get("stable", True):
                 out.append(f"{r.label} batch {b.batch}: {ss['note']}")
+    if any(not (b.single_stream or {}).get("stable", True) for r in suite.results for b in r.batches):
+        out.append(UNSETTLED_NOTE)
     return out
 
 
-def rich_table(suite: BenchSuite):
+_TEXT_COLUMNS = ("backend", "precision", "stable", "artifact")
+
+
+def _table(title, caption, headers: dict[str, str], body: list[list[str]], **kw):
     from rich.table import Table
 
-    table = Table(title=f"motorpool bench: {suite.model}", caption=suite.machine.get("summary", ""),
-                  title_justify="left", caption_justify="left")
-    for c in COLUMNS:
-        table.add_column(c, justify="left" if c in ("backend", "precision", "stable") else "right",
-                         overflow="fold")
-    for row in rows(suite):
-        table.add_row(*row)
+    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left", **kw)
+    for c, header in headers.items():
+        # numbers never wrap; a long backend name or reason is cut with an ellipsis instead
+        table.add_column(header, justify="left" if c in _TEXT_COLUMNS else "right", no_wrap=True,
+                         overflow="ellipsis")
+    index = [COLUMNS.index(c) for c in headers]
+    for row in body:
+        table.add_row(*[row[i] for i in index])
     return table
+
+
+def rich_table(suite: BenchSuite):
+    """Every column in one table (for a terminal at least :data:`WIDE` columns wide)."""
+    return _table(f"motorpool bench: {suite.model}", suite.machine.get("summary", ""), {c: c for c in COLUMNS},
+                  rows(suite))
+
+
+def narrow_tables(suite: BenchSuite) -> list:
+    """Two tables that fit an 80-column terminal: the figures per batch size, then per engine (a failed
+    engine's reason is under the first)."""
+    from rich import box
+
+    body = rows(suite)
+    ok = [r for r in body if r[0] and r[3] not in ("failed", "unavailable")]
+    tables = [_table(f"motorpool bench: {suite.model}", None, NARROW_FIGURES, body, box=box.SIMPLE_HEAD)]
+    if ok:
+        tables.append(_table(None, suite.machine.get("summary", ""), NARROW_ENGINE, ok, box=box.SIMPLE_HEAD))
+    return tables
 
 
 def print_table(suite: BenchSuite, console=None) -> None:
@@ -110,7 +156,14 @@ def print_table(suite: BenchSuite, console=None) -> None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=200)
-    console.print(rich_table(suite))
+    if console.width >= WIDE:
+        console.print(rich_table(suite))
+    else:
+        for table in narrow_tables(suite):
+            console.print(table)
+        for r in suite.results:
+            if r.status != "ok":
+                console.print(f"{r.label}: {r.status}: {_short(r.reason, 200)}", markup=False, highlight=False)
     for line in server_lines(suite) + notes(suite):
         console.print(line, markup=False, highlight=False)
 
@@ -119,10 +172,23 @@ def to_json(suite: BenchSuite) -> dict[str, Any]:
     return suite.to_dict()
 
 
-def write_json(suite: BenchSuite, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(to_json(suite), indent=2, default=str))
+def _atomic_write(path: Path, data: str | bytes) -> Path:
+    """Write ``path`` through a temporary file beside it and a rename: a reader (or a run that dies half
+    way) never sees half a file, and an earlier result stays until the new one is complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def write_json(suite: BenchSuite, path: str | Path) -> Path:
+    return _atomic_write(Path(path), json.dumps(to_json(suite), indent=2, default=str))
 
 
 def to_markdown(suite: BenchSuite) -> str:
@@ -145,9 +211,7 @@ def to_markdown(suite: BenchSuite) -> str:
 
 
 def write_markdown(suite: BenchSuite, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(to_markdown(suite))
-    return path
+    return _atomic_write(Path(path), to_markdown(suite))
 
 
 def plot(suite: BenchSuite, path: str | Path) -> Path:
@@ -172,8 +236,12 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
                 ax_lat.plot([p[0] for p in unsettled], [p[1]["p50_ms"] for p in unsettled], linestyle="none",
                             marker="o", markersize=9, markerfacecolor="white", color=line.get_color())
         thr = [(b.batch, b.offline["throughput_per_s"]) for b in r.batches if b.offline]
+        rate = (r.server or {}).get("max_rate_per_s")
         if thr:
-            ax_thr.plot([t[0] for t in thr], [t[1] for t in thr], marker="s", label=r.label)
+            line, = ax_thr.plot([t[0] for t in thr], [t[1] for t in thr], marker="s", label=r.label)
+            if rate:  # the server scenario's sustained rate: one figure per engine, so a level line
+                ax_thr.axhline(rate, color=line.get_color(), linestyle="--", linewidth=1,
+                               label=f"{r.label} server {rate:.0f}/s at p99 <= {r.server['p99_bound_ms']:.3g} ms")
     for ax in (ax_lat, ax_thr):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
@@ -192,7 +260,7 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
     ax_thr.yaxis.set_major_formatter(plain)
     ax_thr.yaxis.set_minor_formatter(plain)
     ax_thr.set_ylabel("samples / s")
-    ax_thr.set_title("offline throughput")
+    ax_thr.set_title("offline throughput (dashed: server scenario's sustained rate)")
     if ok:
         ax_lat.legend(fontsize=8)
         ax_thr.legend(fontsize=8)
@@ -202,18 +270,33 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
     fig.suptitle(f"motorpool bench: {suite.model} on {where}"
                  + (f" ({suite.machine.get('cores')} cores, load average {load[0]:.1f} at start)" if load else "")
                  + (f"\n(not measured: {'; '.join(failed)})" if failed else ""), fontsize=9)
-    fig.savefig(path, dpi=110)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return _atomic_write(path, buf.getvalue())
+
+
+def chart_unavailable() -> str | None:
+    """Why :func:`write_all` writes no PNG here (matplotlib missing), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return 'the PNG chart needs matplotlib: pip install "motorpool[bench]"'
+    return None
 
 
 def write_all(suite: BenchSuite, out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
-    """JSON, Markdown and PNG into ``out_dir`` (created); returns their paths."""
+    """JSON, Markdown and PNG into ``out_dir`` (created), each written atomically; returns their paths. Without
+    matplotlib there is no PNG (no "chart" key; :func:`chart_unavailable` says why)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return {"json": write_json(suite, out / f"{stem}.json"), "markdown": write_markdown(suite, out / f"{stem}.md"),
-            "chart": plot(suite, out / f"{stem}.png")}
+    paths = {"json": write_json(suite, out / f"{stem}.json"), "markdown": write_markdown(suite, out / f"{stem}.md")}
+    if chart_unavailable() is None:
+        paths["chart"] = plot(suite, out / f"{stem}.png")
+    return paths
 
 
-__all__ = ["rows", "rich_table", "print_table", "to_json", "write_json", "to_markdown", "write_markdown", "plot",
+__all__ = ["rows", "rich_table", "narrow_tables", "chart_unavailable", "print_table", "to_json", "write_json", "to_markdown", "write_markdown", "plot",
            "write_all", "BenchResult", "BenchSuite"]

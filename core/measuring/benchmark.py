@@ -68,6 +68,46 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def text_rows(self) -> list[list[str]]:
+        """This engine's rows of the plain-text table (:data:`TEXT_HEADERS`)."""
+        if self.status != "ok":
+            return [[self.backend, self.precision, "-", self.status, " ".join(self.reason.split())[:60]]]
+        rate = (self.server or {}).get("max_rate_per_s")
+        out = []
+        for i, b in enumerate(self.batches):
+            ss, off = b.single_stream or {}, b.offline or {}
+            mark = "" if ss.get("stable", True) else "~"
+            out.append([self.backend if i == 0 else "", self.precision if i == 0 else "", str(b.batch),
+                        f"{mark}{ss['p50_ms']:.3f}" if ss else "-", f"{mark}{ss['p99_ms']:.3f}" if ss else "-",
+                        f"{off['throughput_per_s']:.0f}" if off else "-",
+                        f"{rate:.0f}" if rate is not None and i == 0 else ("-" if i == 0 else ""),
+                        f"{self.compile_time_s:.2f}" if self.compile_time_s is not None and i == 0 else ""])
+        return out
+
+    def __str__(self) -> str:
+        return _text_table([self], f"{self.label} on {self.device}")
+
+
+#: the plain-text table of ``print(result)``/``print(suite)``; ``motorpool bench`` draws a richer one
+TEXT_HEADERS = ("backend", "prec", "batch", "p50 ms", "p99 ms", "offline/s", "server/s", "compile s")
+
+
+def _text_table(results: Sequence[BenchResult], title: str) -> str:
+    body = [row for r in results for row in r.text_rows()]
+    widths = [max([len(h)] + [len(row[i]) for row in body if i < len(row) and len(row) == len(TEXT_HEADERS)])
+              for i, h in enumerate(TEXT_HEADERS)]
+    left = {0, 1}
+
+    def line(cells: Sequence[str]) -> str:
+        if len(cells) != len(TEXT_HEADERS):  # a failed engine: its status and reason after the batch column
+            return "  ".join(c.ljust(widths[i]) for i, c in enumerate(cells[:3])) + "  " + "  ".join(cells[3:])
+        return "  ".join(c.ljust(widths[i]) if i in left else c.rjust(widths[i]) for i, c in enumerate(cells))
+
+    lines = [title, line(TEXT_HEADERS)] + [line(row) for row in body]
+    if any(not (b.single_stream or {}).get("stable", True) for r in results for b in r.batches):
+        lines.append("~: did not settle within the time budget (a rough figure, not a result)")
+    return "\n".join(lines)
+
 
 @dataclass
 class BenchSuite:
@@ -82,6 +122,9 @@ class BenchSuite:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "created": self.created, "config": self.config, "machine": self.machine,
                 "results": [r.to_dict() for r in self.results]}
+
+    def __str__(self) -> str:
+        return _text_table(self.results, f"motorpool bench: {self.model} ({self.machine.get('summary', '')})")
 
 
 
@@ -180,7 +223,7 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
                 measure_load: bool = True, verify: bool = True, calibration: Iterable[Any] | None = None,
                 compile_options: dict[str, Any] | None = None, model_name: str = "model",
                 on_step: StepCallback | None = None, on_result: Callable[[BenchResult], None] | None = None,
-                **bench_kwargs: Any) -> BenchSuite:
+                device: str = "auto", **bench_kwargs: Any) -> BenchSuite:
     """Compile ``model`` for every backend x precision and :func:`benchmark` each engine.
 
     Compiles bypass the artifact cache, so ``compile_time_s`` is a real compile. With ``measure_load`` each
@@ -196,7 +239,7 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
             row = _bench_one(model, examples, backend, precision, batch_sizes=batch_sizes, scenarios=scenarios,
                              time_budget_s=time_budget_s, measure_load=measure_load, verify=verify,
                              calibration=calibration, compile_options=compile_options, on_step=on_step,
-                             **bench_kwargs)
+                             device=device, **bench_kwargs)
             results.append(row)
             if on_result:
                 on_result(row)
@@ -207,17 +250,20 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
                "load_average": load_at_start}
     config = {"backends": list(backends), "precisions": list(precisions), "batch_sizes": list(batch_sizes),
               "scenarios": list(scenarios), "time_budget_s": time_budget_s, "measure_load": measure_load,
+              "device": device, "input_shapes": [list(x.shape) for x in examples],
               **{k: v for k, v in bench_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
     return BenchSuite(model_name, results, config, machine)
 
 
 def _bench_one(model, examples, backend: str, precision: str, *, batch_sizes, scenarios, time_budget_s,
-               measure_load, verify, calibration, compile_options, on_step, **bench_kwargs) -> BenchResult:
+               measure_load, verify, calibration, compile_options, on_step, device="auto",
+               **bench_kwargs) -> BenchResult:
     """One backend x precision: compile, save and load back (cold start), benchmark. A failure is the row."""
     row = BenchResult(backend, "-", precision)
     try:
         with PeakRSS() as rss:
-            engine = compile_model(model, examples, backend=backend, precision=precision, verify=verify,
+            engine = compile_model(model, examples, backend=backend, device=device, precision=precision,
+                                   verify=verify,
                                    calibration=calibration, options=compile_options, cache=False)
             if on_step:
                 on_step(f"{backend} {precision}: compiled")
