@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"motorpool {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show library output (progress bars, third-party warnings) and tracebacks")
+    parser.add_argument("--progress", action="store_true",
+                        help="progress lines on stderr even when it is not a terminal")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"motorpool.cli.{name}").register(sub)
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     verbose = bool(getattr(args, "verbose", False))
+    from . import _output
+
+    _output.FORCE_PROGRESS = bool(getattr(args, "progress", False))
     cmd = _command_parser(parser, args.command)
     prefix = f"motorpool {args.command}"
 

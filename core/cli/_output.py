@@ -212,3 +212,54 @@ def stdout_closed() -> int:
     except (OSError, ValueError, AttributeError):
         pass
     return 0
+
+
+# -- progress -------------------------------------------------------------------------------------------------
+
+#: set by ``motorpool --progress`` (progress lines even when stderr is not a terminal)
+FORCE_PROGRESS = False
+
+
+class Ticker:
+    """A one-line progress display on stderr for a command's slow steps (``motorpool doctor: probing
+    coreml [3/8] 2.1s``), rewritten in place; shown only when stderr is a terminal or with ``--progress``."""
+
+    def __init__(self, command: str, total: int | None = None, *, enabled: bool | None = None):
+        import threading
+        import time
+
+        self.command, self.total, self.count = command, total, 0
+        if enabled is None:
+            try:
+                enabled = FORCE_PROGRESS or sys.stderr.isatty()
+            except (AttributeError, ValueError):
+                enabled = FORCE_PROGRESS
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._clock = time.perf_counter
+        self._start = self._clock()
+        self._shown = False
+
+    def step(self, text: str, *, advance: bool = False) -> None:
+        if advance:
+            self.count += 1
+        if not self.enabled:
+            return
+        where = f" [{self.count}/{self.total}]" if self.total else ""
+        with self._lock:
+            sys.stderr.write(f"\r\033[Kmotorpool {self.command}:{where} {text} ... "
+                             f"{self._clock() - self._start:.1f}s")
+            sys.stderr.flush()
+            self._shown = True
+
+    def close(self) -> None:
+        if self.enabled and self._shown:
+            with self._lock:
+                sys.stderr.write("\r\033[K")
+                sys.stderr.flush()
+
+    def __enter__(self) -> "Ticker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

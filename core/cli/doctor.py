@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import warnings
 
+from ._output import Ticker
+
 
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="show hardware and every backend's status")
@@ -12,14 +14,41 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def collect() -> dict:
-    from .. import __version__, list_backends
+def probe_backends(ticker: Ticker | None = None, *, names: list[str] | None = None) -> list:
+    """What :func:`motorpool.list_backends` returns, with the availability probes run side by side in threads
+    (each imports its runtime: seconds for some) and each finished one reported to ``ticker``; only
+    ``names`` when given."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from ..plugin.registry import BackendInfo, get_registry, safe_availability
+
+    reg = get_registry()
+    names = reg.names() if names is None else [n for n in reg.names() if n in names]
+    backends = {name: reg.get(name) for name in names}
+    found = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
+        futures = {pool.submit(safe_availability, backends[n]): n for n in names}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            found[name] = fut.result()
+            if ticker:
+                ticker.step(f"probed {name}", advance=True)
+    rows = []
+    for name in names:
+        av, backend = found[name], backends[name]
+        rows.append(BackendInfo(name, av.available, av.status.value, av.reason, av.fix, av.version, av.devices,
+                                av.can_export, reg.provider(name), backend.capabilities.to_dict()))
+    return rows
+
+
+def collect(ticker: Ticker | None = None) -> dict:
+    from .. import __version__
     from ..plugin import hardware
     from ..plugin.registry import get_registry
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows = list_backends()
+        rows = probe_backends(ticker)
     skipped = [{"plugin": p, "distribution": d, "reason": r} for p, d, r in get_registry().skipped]
     from ..selection.ranking import rank
 
@@ -39,7 +68,11 @@ def collect() -> dict:
 
 
 def run(args) -> int:
-    data = collect()
+    from ..plugin.registry import get_registry
+
+    with Ticker("doctor", total=len(get_registry().names())) as ticker:
+        ticker.step("probing backends")
+        data = collect(ticker)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0

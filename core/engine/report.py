@@ -66,6 +66,31 @@ class Report:
             g = self.gate
             lines.append(f"gate {g.get('metric')}: drop {g.get('drop', float('nan')):.4g} (budget "
                          f"{g.get('max_drop')}) {'passed' if g.get('passed') else 'FAILED'}")
+        width = max([14] + [len(c.backend) for c in self.candidates])
         for c in self.candidates:
-            lines.append(f"  {c.backend:14s} {c.status:9s} {c.reason}")
+            figures = candidate_figures(c.figures)
+            text = "; ".join(x for x in (figures, c.reason) if x)
+            lines.append(f"  {c.backend:{width}s} {c.status:9s} {text}".rstrip())
         return "\n".join(lines)
+
+
+def candidate_figures(f: dict[str, Any]) -> str:
+    """A candidate's figures in a few words: the side-by-side (run-off) timing when there was one, else its
+    timing, its speed-up over fp32 and its gate figure (``precision="auto"`` cells)."""
+    if not f:
+        return ""
+    parts = []
+    timing = f.get("runoff") or f.get("timing") or f
+    if isinstance(timing, dict) and timing.get("p50_ms") is not None:
+        parts.append(f"p50 {timing['p50_ms']:.3f} ms" + (" (run-off)" if f.get("runoff") else ""))
+    if f.get("speedup_vs_best_fp32") is not None:
+        parts.append(f"{f['speedup_vs_best_fp32']:.2f}x vs fp32")
+    g = f.get("gate")
+    if isinstance(g, dict) and g.get("metric"):
+        score, drop, budget = g.get("score"), g.get("drop"), g.get("max_drop")
+        text = f"gate {g['metric']} " + (f"{score:.4f}" if isinstance(score, (int, float)) else "?")
+        if isinstance(drop, (int, float)):
+            text += f" (drop {drop:.4f}" + (f" {'<=' if g.get('passed') else '>'} {budget:g})" if budget is not None
+                                           else ")")
+        parts.append(text)
+    return ", ".join(parts)

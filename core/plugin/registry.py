@@ -24,6 +24,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .backend_table import BackendTable
 from .contract import Availability, Backend, BackendRecord
 from .errors import DuplicateBackendError, PluginError, PluginWarning, UnknownBackendError
 
@@ -295,7 +296,7 @@ def list_backends() -> list[BackendInfo]:
         av = safe_availability(backend)
         rows.append(BackendInfo(name, av.available, av.status.value, av.reason, av.fix, av.version, av.devices,
                                 av.can_export, reg.provider(name), backend.capabilities.to_dict()))
-    return rows
+    return BackendTable(rows)
 
 
 def safe_availability(backend: Backend) -> Availability:

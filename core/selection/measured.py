@@ -61,9 +61,15 @@ class Selection:
         """The same, as the ``Candidate`` records of an engine's report."""
         obj = Objective.parse(self.objective)
         out = []
+        best = self.ranking[0] if self.ranking else None
         for i, m in enumerate(self.ranking):
-            reason = "" if i == 0 else (f"slower than {self.winner}: {obj.describe(m.figures)} vs "
-                                        f"{obj.describe(self.ranking[0].figures)}")
+            if i == 0:
+                reason = ""
+            elif m.runoff and best.runoff:  # the side-by-side timings that chose the winner
+                reason = (f"slower than {self.winner} side by side: {obj.describe(m.runoff)} vs "
+                          f"{obj.describe(best.runoff)}")
+            else:
+                reason = f"slower than {self.winner}: {obj.describe(m.figures)} vs {obj.describe(best.figures)}"
             figures = {"objective": self.objective, "score": m.score, "timing": m.figures,
                        "verification": m.verification}
             if m.runoff:

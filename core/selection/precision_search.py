@@ -21,6 +21,7 @@ from ..plugin.contract import PRECISIONS
 from ..plugin.errors import CompileError
 from ..plugin.registry import get_registry
 from ..techniques.gate import Gate
+from .progress import Progress
 from .ranking import rank
 from .timing import Objective, measure_interleaved, timing_inputs
 
@@ -81,16 +82,20 @@ def _compile_cells(names, precisions, model, examples, spec, tree, *, device, ga
     reg = get_registry()
     cells: list[Candidate] = []
     engines: dict[str, Engine] = {}
+    shown = Progress(len(names) * len(precisions), title='precision="auto"')
     for name in names:
         b = reg.get(name)
         for precision in precisions:
             label = f"{name}/{precision}"
+            shown.candidate(label)
             problem = b.supports(precision=precision)
             if not problem and precision == "int8" and calibration is None and options.get("int8") == "static":
                 problem = "static int8 needs calibration="
             if problem:
                 cells.append(Candidate(label, "skipped", problem))
+                shown.done("skipped")
                 continue
+            shown.stage("compiling, verifying, gating")
             try:
                 engine = compile_one(b, model, examples, spec, tree, device=device, precision=precision,
                                      calibration=calibration if precision == "int8" else None,
@@ -98,7 +103,9 @@ def _compile_cells(names, precisions, model, examples, spec, tree, *, device, ga
             except Exception as exc:  # noqa: BLE001 - every cell's failure is a reason in the report
                 cells.append(Candidate(label, candidate_status(exc), reason(exc),
                                        figures=getattr(exc, "figures", {}) or {}))
+                shown.done(candidate_status(exc))
                 continue
+            shown.done("passed the gate")
             engines[label] = engine
             cells.append(Candidate(label, "verified", "", device=engine.device,
                                    compile_time_s=engine.report.compile_time_s,
@@ -114,6 +121,8 @@ def _time_cells(cells: list[Candidate], engines: dict[str, Engine], spec, budget
     for label, engine in engines.items():
         dev_inputs = [x.to(engine.input_spec.device) for x in inputs]
         calls[label] = (lambda e=engine, xs=dev_inputs: e(*xs))
+    Progress(len(calls), title='precision="auto"').note(f"timing {len(calls)} cells side by side "
+                                                        f"(about {budget_s * len(calls):.1f}s)")
     timings = measure_interleaved(calls, budget_s=budget_s * len(calls), batch=batch)
     best = min(timings, key=lambda k: timings[k]["p50_ms"])
     fp32_ms = [t["p50_ms"] for k, t in timings.items() if k.endswith("/fp32")]

@@ -24,8 +24,10 @@ def wanted(setting: bool | None) -> bool:
 class Progress:
     """One status line per candidate, rewritten in place as it moves through its stages."""
 
-    def __init__(self, total: int, *, enabled: bool | None = None, stream: IO[str] | None = None):
+    def __init__(self, total: int, *, enabled: bool | None = None, stream: IO[str] | None = None,
+                 title: str = "fastest"):
         self.total = total
+        self.title = title
         self.enabled = wanted(enabled)
         self.stream = stream or sys.stderr
         self._lock = threading.Lock()
@@ -48,12 +50,12 @@ class Progress:
 
     def stage(self, stage: str) -> None:
         elapsed = time.perf_counter() - self._started
-        self._write(f"motorpool fastest [{self._index}/{self.total}] {self._name}: {stage} ... {elapsed:.1f}s")
+        self._write(f"motorpool {self.title} [{self._index}/{self.total}] {self._name}: {stage} ... {elapsed:.1f}s")
 
     def done(self, outcome: str) -> None:
         elapsed = time.perf_counter() - self._started
-        self._write(f"motorpool fastest [{self._index}/{self.total}] {self._name}: {outcome} ({elapsed:.1f}s)",
+        self._write(f"motorpool {self.title} [{self._index}/{self.total}] {self._name}: {outcome} ({elapsed:.1f}s)",
                     final=True)
 
     def note(self, text: str) -> None:
-        self._write(f"motorpool fastest: {text}", final=True)
+        self._write(f"motorpool {self.title}: {text}", final=True)
