@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with cli_warnings(verbose):
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
     except BrokenPipeError:
         return stdout_closed()
     except KeyboardInterrupt:

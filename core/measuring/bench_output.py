@@ -152,9 +152,9 @@ def print_table(suite: BenchSuite, console=None) -> None:
     from rich.console import Console
 
     if console is None:
-        # piped or captured output gets the table's natural width rather than 80 folded columns
+        # piped or captured output gets the table's natural width (unless COLUMNS says otherwise)
         console = Console()
-        if not console.is_terminal:
+        if not console.is_terminal and not os.environ.get("COLUMNS"):
             console = Console(width=200)
     if console.width >= WIDE:
         console.print(rich_table(suite))

@@ -98,9 +98,16 @@ class Row:
     drop: float | None = None
     within_budget: bool | None = None
     compile_s: float | None = None
+    #: whether this row's median (and the baseline's) settled: the 95% interval of the median within
+    #: SETTLED_CI of it; an unsettled speed-up is printed with a "~" and is not a result
+    stable: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+#: the relative half-width of a median's 95% confidence interval under which a timing counts as settled
+SETTLED_CI = 0.05
 
 
 @dataclass
@@ -130,8 +137,15 @@ class OptimizeReport:
             score = f"{r.score:.4f}" if r.score is not None else "-"
             drop = f"{r.drop:.4f}" if r.drop is not None else "-"
             note = "" if r.within_budget in (None, True) else "OVER BUDGET"
-            lines.append(f"{r.technique:44s} {r.backend:13s} {r.precision:5s} {r.p50_ms:9.3f} "
-                         f"{r.speedup:7.2f}x {size:>8s} {score:>14s} {drop:>9s}  {note}")
+            mark = "~" if r.stable is False else ""
+            if mark:
+                note = (note + "; " if note else "") + "did not settle"
+            speed = f"{mark}{r.speedup:.2f}x"
+            lines.append(f"{r.technique:44s} {r.backend:13s} {r.precision:5s} {mark + f'{r.p50_ms:.3f}':>9s} "
+                         f"{speed:>8s} {size:>8s} {score:>14s} {drop:>9s}  {note}")
+        if any(r.stable is False for r in self.rows):
+            lines.append("~: did not settle: the median's 95% interval is wider than "
+                         f"{SETTLED_CI:.0%} of it; a rough figure, not a result (raise --budget, quiet the machine)")
         for k, v in self.extras.items():
             lines.append(f"{k}: {v}")
         return "\n".join(lines)
@@ -293,13 +307,20 @@ def _time_rows(rows: list[Row], engines: dict[int, Any], model, examples, baseli
     calls["raw autograd"], calls["raw inference"] = raw(True), raw(False)
     timings = measure_interleaved(calls, budget_s=budget_s, batch=batch)
     base = timings[baseline]["p50_ms"] if baseline in timings else None
+
+    def settled(*keys) -> bool:
+        return all(timings[k].get("median_ci", math.inf) <= SETTLED_CI for k in keys if k in timings)
+
     for i, t in timings.items():
         if isinstance(i, int):
             rows[i].p50_ms = t["p50_ms"]
             rows[i].speedup = base / t["p50_ms"] if base else math.nan
+            rows[i].stable = settled(i, baseline)
     grad_ms, inf_ms = timings["raw autograd"]["p50_ms"], timings["raw inference"]["p50_ms"]
-    return {"inference_mode vs autograd on (eval mode, the model called directly)":
-            f"{grad_ms / inf_ms:.2f}x ({grad_ms:.3f} -> {inf_ms:.3f} ms)"}
+    figure = f"{grad_ms / inf_ms:.2f}x ({grad_ms:.3f} -> {inf_ms:.3f} ms)"
+    if not settled("raw autograd", "raw inference"):
+        figure = f"~{figure}; did not settle, not a result"
+    return {"inference_mode vs autograd on (eval mode, the model called directly)": figure}
 
 
 def _batching_gain(model: torch.nn.Module, examples: tuple, batch: int, budget_s: float) -> dict[str, str]:
@@ -317,5 +338,7 @@ def _batching_gain(model: torch.nn.Module, examples: tuple, batch: int, budget_s
     t = measure_interleaved({"1": lambda: run(one), "n": lambda: run(many)}, budget_s=budget_s)
     per_item_1 = t["1"]["p50_ms"]
     per_item_n = t["n"]["p50_ms"] / batch
-    return {f"batching (eager fp32): per-item time at batch {batch} vs batch 1":
-            f"{per_item_1 / per_item_n:.2f}x ({per_item_1:.3f} -> {per_item_n:.3f} ms/item)"}
+    figure = f"{per_item_1 / per_item_n:.2f}x ({per_item_1:.3f} -> {per_item_n:.3f} ms/item)"
+    if max(t["1"].get("median_ci", math.inf), t["n"].get("median_ci", math.inf)) > SETTLED_CI:
+        figure = f"~{figure}; did not settle, not a result"
+    return {f"batching (eager fp32): per-item time at batch {batch} vs batch 1": figure}
