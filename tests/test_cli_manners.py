@@ -316,3 +316,39 @@ def test_list_backends_and_bench_results_print_as_tables():
                                       "server/s", "compile", "s"]
     assert suite_lines[2].split() == ["torch_compile", "fp32", "1", "0.200", "0.400", "5000", "4321", "12.50"]
     assert str(_suite().results[0]).splitlines()[0] == "torch_compile fp32 on cpu"
+
+
+NOISY = '''
+import os, sys, warnings
+import torch
+
+
+class Noisy(torch.nn.Module):
+    def forward(self, x):
+        print("graph():  %x : [num_users=1] = placeholder[target=x]")  # an FX graph dump on stdout
+        sys.stdout.flush()
+        os.write(1, b"native banner on fd 1\\n")
+        os.write(2, b"USDT probe native line on fd 2\\n")
+        warnings.warn("LeafSpec is deprecated", FutureWarning)
+        return x * 2
+
+
+def build():
+    return Noisy(), (torch.randn(2, 3),)
+'''
+
+
+def test_library_noise_stays_out_unless_verbose(tmp_path):
+    (tmp_path / "noisy_model.py").write_text(NOISY)
+    ref = f"{tmp_path / 'noisy_model.py'}:build"
+    quiet = _cli("compile", ref, "-o", str(tmp_path / "e1"), "--backend", "eager")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.startswith("backend=eager") and "saved" in quiet.stdout
+    for noise in ("graph():", "native banner", "USDT", "LeafSpec"):
+        assert noise not in quiet.stdout + quiet.stderr, (noise, quiet.stdout, quiet.stderr)
+    loud = _cli("-v", "compile", ref, "-o", str(tmp_path / "e2"), "--backend", "eager")
+    assert loud.returncode == 0, loud.stderr
+    assert loud.stdout.startswith("backend=eager")  # still only motorpool's output on stdout
+    for noise in ("graph():", "native banner", "USDT probe", "LeafSpec is deprecated"):
+        assert noise in loud.stderr, (noise, loud.stderr)
+    assert loud.stderr.count("LeafSpec is deprecated") == 1  # each warning once

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Iterator
 
 #: loggers of libraries that print progress or chatter at INFO; quiet unless -v
-NOISY_LOGGERS = ("nncf", "coremltools", "torch._dynamo", "torch._inductor", "torch.export", "torch.fx",
-                 "onnxscript", "onnx_ir", "openvino", "root")
+NOISY_LOGGERS = ("nncf", "coremltools", "torch", "torchao", "torch._dynamo", "torch._inductor", "torch.export",
+                 "torch._export", "torch.fx", "torch.utils._pytree", "onnxscript", "onnx_ir", "openvino", "iree")
 
 _MOTORPOOL_DIR = str(Path(__file__).resolve().parents[1])
 
@@ -120,8 +120,6 @@ def cli_warnings(verbose: bool) -> Iterator[WarningPrinter]:
         if not verbose:
             os.environ["TQDM_DISABLE"] = "1"  # coremltools' and others' tqdm bars
             for name in NOISY_LOGGERS:
-                if name == "root":
-                    continue
                 logger = logging.getLogger(name)
                 levels[name] = logger.level
                 logger.setLevel(logging.ERROR)
@@ -140,10 +138,52 @@ def cli_warnings(verbose: bool) -> Iterator[WarningPrinter]:
 @contextlib.contextmanager
 def library_output(verbose: bool = False) -> Iterator[None]:
     """While a command computes: whatever libraries write to stdout (``sys.stdout`` and file descriptor 1:
-    progress bars, graph dumps, runtime banners) goes to stderr with ``-v`` and nowhere without. motorpool's
-    own output is printed after, to the real stdout."""
+    progress bars, graph dumps, runtime banners) goes to stderr with ``-v`` and nowhere without; without
+    ``-v``, what native code writes to file descriptor 2 (runtime log lines) goes nowhere too, while
+    ``sys.stderr`` (motorpool's progress, warnings and errors) still reaches the terminal. motorpool's own
+    output is printed after, to the real stdout."""
     sink_py = sys.stderr if verbose else open(os.devnull, "w")  # noqa: SIM115 - closed below
     saved_py = sys.stdout
+    with contextlib.ExitStack() as stack:
+        if not verbose:
+            stack.enter_context(_native_stderr_silenced())
+        with _stdout_elsewhere(verbose, sink_py, saved_py):
+            yield
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null, ``sys.stderr`` to a copy of the old descriptor 2."""
+    keep = None
+    if sys.stderr is sys.__stderr__ and sys.__stderr__ is not None:  # not already captured (pytest)
+        try:
+            sys.stderr.flush()
+            if sys.stderr.fileno() == 2:
+                keep = os.dup(2)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            keep = None
+    if keep is None:
+        yield
+        return
+    saved = sys.stderr
+    sys.stderr = os.fdopen(keep, "w", buffering=1, closefd=False)
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        sys.stderr = saved
+        os.dup2(keep, 2)
+        os.close(keep)
+
+
+@contextlib.contextmanager
+def _stdout_elsewhere(verbose: bool, sink_py, saved_py) -> Iterator[None]:
     saved_fd = None
     try:
         try:

@@ -41,7 +41,7 @@ def run(args) -> int:
         engine = motorpool.compile(loaded.model, loaded.example_inputs, backend=backend, device=args.device,
                                    precision=args.precision, dynamic_batch=not args.static_batch,
                                    verify=not args.no_verify, cache=False if args.no_cache else None, gate=gate)
-    path = engine.save(args.output, overwrite=args.overwrite)
+        path = engine.save(args.output, overwrite=args.overwrite)  # runs the model for the stored references
     print(engine.report)
     print(f"inputs  {engine.input_spec.describe()}")
     print(f"saved   {path}")
