@@ -114,6 +114,18 @@ def test_help_shows_every_default():
         assert any(f"default: {x}" in text or f"default {x}" in text for x in shown), (name, action.option_strings)
         checked += 1
     assert checked > 20
+    # an option without a value by default says what happens then
+    for name, _, action in walk_none(parser, "motorpool"):
+        assert "default" in (action.help or "").lower(), (name, action.option_strings)
+
+
+def walk_none(p, name):
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from walk_none(sub, f"{name} {sub_name}")
+        elif action.option_strings and action.default is None and not action.required:
+            yield name, p, action
 
 
 def test_a_closed_stdout_ends_quietly(tmp_path):

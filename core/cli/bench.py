@@ -24,7 +24,7 @@ def register(sub) -> None:
                    help="seconds per scenario and batch size (default 1.0)")
     p.add_argument("--p99-bound-ms", type=float, default=None,
                    help="server scenario: the p99 latency bound (default: 10x single-stream p50 at batch 1, at least 10 ms)")
-    p.add_argument("--server-budget", type=float, default=None, help="server scenario: seconds for the rate search")
+    p.add_argument("--server-budget", type=float, default=None, help="server scenario: seconds for the rate search (default: 5 x --time-budget)")
     p.add_argument("--offline-workers", type=int, default=1, help="offline scenario: threads issuing batches")
     p.add_argument("--no-load", action="store_true", help="skip saving and loading each engine (artifact size, "
                    "load time, cold first call)")
@@ -37,7 +37,7 @@ def register(sub) -> None:
                    "default: each runtime's own)")
     p.add_argument("--shape", type=shape_arg, action="append", default=None, metavar="NAME=D0,D1,...",
                    help="replace an example input by random data of this shape (NAME: input0, input1... or "
-                   "0, 1...); repeatable")
+                   "0, 1...); repeatable (default: the examples' shapes)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of the table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

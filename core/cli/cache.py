@@ -16,8 +16,8 @@ def register(sub) -> None:
     clear = csub.add_parser("clear", help="remove every cached engine")
     clear.set_defaults(func=_clear)
     prune = csub.add_parser("prune", help="remove least recently used engines beyond a size, or unused ones")
-    prune.add_argument("--max-size", default=None, help="keep at most this much, e.g. 500M, 2G")
-    prune.add_argument("--older-than-days", type=float, default=None, help="remove engines unused this long")
+    prune.add_argument("--max-size", default=None, help="keep at most this much, e.g. 500M, 2G (default: no size limit)")
+    prune.add_argument("--older-than-days", type=float, default=None, help="remove engines unused this long (default: no age limit)")
     prune.set_defaults(func=_prune)
     p.set_defaults(func=_ls, json=False)
 
