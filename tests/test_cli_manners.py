@@ -215,8 +215,8 @@ def test_server_rate_is_in_the_table_json_markdown_and_chart(tmp_path):
 def test_bench_cli_threads_device_shape_and_80_columns(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     out = tmp_path / "b"
-    assert main(["bench", "zoo:mlp", "--backends", "torchscript", "--batch-sizes", "1,2", "--time-budget", "0.05",
-                 "--threads", "1", "--device", "cpu", "--shape", "input0=3,32", "--no-load",
+    assert main(["bench", "zoo:mlp", "--backends", "torchscript,onnxruntime", "--batch-sizes", "1,2",
+                 "--time-budget", "0.05", "--threads", "1", "--device", "cpu", "--shape", "input0=3,32", "--no-load",
                  "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert max(len(line) for line in printed.splitlines()) <= 80, printed
@@ -224,7 +224,8 @@ def test_bench_cli_threads_device_shape_and_80_columns(tmp_path, capsys, monkeyp
     data = json.loads((out / "bench.json").read_text())
     assert data["config"]["threads"] == 1 and data["config"]["device"] == "cpu"
     assert data["config"]["input_shapes"] == [[3, 32]]
-    assert data["results"][0]["device"] == "cpu"
+    assert [r["status"] for r in data["results"]] == ["ok", "ok"]  # each backend gets the thread option it has
+    assert all(r["device"] == "cpu" for r in data["results"])
     # an input the model does not have is a usage error naming the inputs it has
     assert main(["bench", "zoo:mlp", "--backends", "torchscript", "--shape", "mask=2,3", "--no-progress"]) == 2
     assert "the model has no input 'mask'; its inputs are input0 [" in capsys.readouterr().err
@@ -364,3 +365,16 @@ def test_library_noise_stays_out_unless_verbose(tmp_path):
     for noise in ("graph():", "native banner", "USDT probe", "LeafSpec is deprecated"):
         assert noise in loud.stderr, (noise, loud.stderr)
     assert loud.stderr.count("LeafSpec is deprecated") == 1  # each warning once
+
+
+def test_a_torch_export_pt2_file_compiles_and_benches(tmp_path, capsys):
+    from motorpool.testing import zoo
+
+    model, x = zoo.get("mlp").build(batch=2)
+    torch.export.save(torch.export.export(model.eval(), x), tmp_path / "mlp.pt2")
+    assert main(["compile", str(tmp_path / "mlp.pt2"), "-o", str(tmp_path / "e"), "--backend", "onnxruntime"]) == 0
+    assert "saved" in capsys.readouterr().out
+    assert main(["bench", str(tmp_path / "mlp.pt2"), "--backends", "torchscript", "--batch-sizes", "2",
+                 "--time-budget", "0.05", "--no-load", "--out", str(tmp_path / "b"), "--json", "--no-progress"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["status"] == "ok" and row["batches"][0]["single_stream"]["p50_ms"] > 0

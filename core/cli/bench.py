@@ -80,39 +80,26 @@ def run(args) -> int:
     precisions = args.precisions
     if not backends:
         raise UsageError("no backend to benchmark; `motorpool doctor` shows why each is unavailable")
-    options = None
-    if args.threads:
-        options = {"intra_op_num_threads": args.threads, "num_threads": args.threads}
     per_engine = steps_per_engine(args.batch_sizes, scenarios)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=console, transient=True, disable=args.no_progress)
-    import torch
+    with progress, library_output(getattr(args, "verbose", False)):
+        task = progress.add_task(f"bench {loaded.name}", total=per_engine * len(backends) * len(precisions))
+        finished = {"engines": 0}
 
-    saved_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        with progress, library_output(getattr(args, "verbose", False)):
-            task = progress.add_task(f"bench {loaded.name}", total=per_engine * len(backends) * len(precisions))
-            finished = {"engines": 0}
+        def on_step(text: str) -> None:
+            progress.update(task, advance=1, description=f"bench {loaded.name}: {text}")
 
-            def on_step(text: str) -> None:
-                progress.update(task, advance=1, description=f"bench {loaded.name}: {text}")
+        def on_result(row) -> None:  # an engine that failed early skips its remaining steps
+            finished["engines"] += 1
+            progress.update(task, completed=per_engine * finished["engines"])
 
-            def on_result(row) -> None:  # an engine that failed early skips its remaining steps
-                finished["engines"] += 1
-                progress.update(task, completed=per_engine * finished["engines"])
-
-            suite = bench_model(loaded.model, examples, backends=backends, precisions=precisions,
-                                batch_sizes=args.batch_sizes, scenarios=scenarios, time_budget_s=args.time_budget,
-                                measure_load=not args.no_load, verify=not args.no_verify, model_name=loaded.name,
-                                on_step=on_step, on_result=on_result, p99_bound_ms=args.p99_bound_ms,
-                                server_budget_s=args.server_budget, offline_workers=args.offline_workers,
-                                device=args.device, compile_options=options)
-    finally:
-        torch.set_num_threads(saved_threads)
-    if args.threads:
-        suite.config["threads"] = args.threads
+        suite = bench_model(loaded.model, examples, backends=backends, precisions=precisions,
+                            batch_sizes=args.batch_sizes, scenarios=scenarios, time_budget_s=args.time_budget,
+                            measure_load=not args.no_load, verify=not args.no_verify, model_name=loaded.name,
+                            on_step=on_step, on_result=on_result, p99_bound_ms=args.p99_bound_ms,
+                            server_budget_s=args.server_budget, offline_workers=args.offline_workers,
+                            device=args.device, threads=args.threads)
     if args.json:
         print(json.dumps(suite.to_dict(), indent=2, default=str))
     else:

@@ -19,7 +19,8 @@ from .._version import __version__
 from ..engine.saved import open_saved
 from ..pipeline.candidate import reason
 from ..plugin import hardware
-from ..plugin.errors import BackendUnavailable, UnsupportedError
+from ..plugin.errors import BackendUnavailable, UnknownBackendError, UnsupportedError
+from ..plugin.registry import get_registry
 from ..plugin.spec import as_example_tuple
 from ..selection.dispatch import compile_model
 from .scenarios import (PeakRSS, StepCallback, inputs_at_batch, offline, server, single_stream)
@@ -223,14 +224,50 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
                 measure_load: bool = True, verify: bool = True, calibration: Iterable[Any] | None = None,
                 compile_options: dict[str, Any] | None = None, model_name: str = "model",
                 on_step: StepCallback | None = None, on_result: Callable[[BenchResult], None] | None = None,
-                device: str = "auto", **bench_kwargs: Any) -> BenchSuite:
+                device: str = "auto", threads: int | None = None, **bench_kwargs: Any) -> BenchSuite:
     """Compile ``model`` for every backend x precision and :func:`benchmark` each engine.
 
     Compiles bypass the artifact cache, so ``compile_time_s`` is a real compile. With ``measure_load`` each
     engine is saved to a temporary directory and loaded back: ``artifact_bytes``, ``load_time_s`` and the
     loaded engine's ``first_call_s`` (a cold start). A backend that is unavailable or fails is a row saying
-    why, never an exception.
+    why, never an exception. ``device`` is where every engine is compiled for; ``threads`` runs each on that
+    many threads (torch's intra-op pool, and each backend's declared thread option: ONNX Runtime's
+    ``intra_op_num_threads``, OpenVINO's ``num_threads``).
     """
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads: expected a positive integer, got {threads!r}")
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        suite = _bench_all(model, example_inputs, backends=backends, precisions=precisions,
+                           batch_sizes=batch_sizes, scenarios=scenarios, time_budget_s=time_budget_s,
+                           measure_load=measure_load, verify=verify, calibration=calibration,
+                           compile_options=compile_options, model_name=model_name, on_step=on_step,
+                           on_result=on_result, device=device, threads=threads, **bench_kwargs)
+    finally:
+        torch.set_num_threads(saved_threads)
+    return suite
+
+
+#: the options through which backends take a thread count
+THREAD_OPTIONS = ("intra_op_num_threads", "num_threads")
+
+
+def thread_options(backend: str, threads: int | None) -> dict[str, int]:
+    """The options that run ``backend`` on ``threads`` threads: those of :data:`THREAD_OPTIONS` it declares."""
+    if not threads:
+        return {}
+    try:
+        declared = get_registry().get(backend).declared_options()
+    except UnknownBackendError:
+        return {}
+    return {k: threads for k in THREAD_OPTIONS if k in declared}
+
+
+def _bench_all(model, example_inputs, *, backends, precisions, batch_sizes, scenarios, time_budget_s, measure_load,
+               verify, calibration, compile_options, model_name, on_step, on_result, device, threads,
+               **bench_kwargs) -> BenchSuite:
     examples = as_example_tuple(example_inputs)
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results = []
@@ -239,7 +276,9 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
             row = _bench_one(model, examples, backend, precision, batch_sizes=batch_sizes, scenarios=scenarios,
                              time_budget_s=time_budget_s, measure_load=measure_load, verify=verify,
                              calibration=calibration, compile_options=compile_options, on_step=on_step,
-                             device=device, **bench_kwargs)
+                             device=device,
+                             compile_options_for=lambda b: {**thread_options(b, threads), **(compile_options or {})},
+                             **bench_kwargs)
             results.append(row)
             if on_result:
                 on_result(row)
@@ -250,21 +289,22 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
                "load_average": load_at_start}
     config = {"backends": list(backends), "precisions": list(precisions), "batch_sizes": list(batch_sizes),
               "scenarios": list(scenarios), "time_budget_s": time_budget_s, "measure_load": measure_load,
-              "device": device, "input_shapes": [list(x.shape) for x in examples],
+              "device": device, "threads": threads, "input_shapes": [list(x.shape) for x in examples],
               **{k: v for k, v in bench_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
     return BenchSuite(model_name, results, config, machine)
 
 
 def _bench_one(model, examples, backend: str, precision: str, *, batch_sizes, scenarios, time_budget_s,
                measure_load, verify, calibration, compile_options, on_step, device="auto",
-               **bench_kwargs) -> BenchResult:
+               compile_options_for=None, **bench_kwargs) -> BenchResult:
     """One backend x precision: compile, save and load back (cold start), benchmark. A failure is the row."""
     row = BenchResult(backend, "-", precision)
     try:
         with PeakRSS() as rss:
             engine = compile_model(model, examples, backend=backend, device=device, precision=precision,
                                    verify=verify,
-                                   calibration=calibration, options=compile_options, cache=False)
+                                   calibration=calibration, cache=False,
+                                   options=compile_options_for(backend) if compile_options_for else compile_options)
             if on_step:
                 on_step(f"{backend} {precision}: compiled")
             size = load_s = loaded = None
