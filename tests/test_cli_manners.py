@@ -84,8 +84,10 @@ def test_warnings_print_one_line_once_and_library_warnings_only_with_verbose(cap
         for _ in range(3):
             warnings.warn_explicit("the batch was\n  padded", UserWarning, MOTORPOOL_FILE, 10)
         warnings.warn_explicit("LeafSpec is deprecated", FutureWarning, torch.__file__, 1)
+        # a motorpool warning class is motorpool's, wherever its stack level points
+        warnings.warn_explicit("plugin 'x' skipped", motorpool.PluginWarning, "/somewhere/user.py", 3)
     err = capsys.readouterr().err
-    assert err == "motorpool: warning: the batch was padded\n"
+    assert err == "motorpool: warning: the batch was padded\nmotorpool: warning: plugin 'x' skipped\n"
     with cli_warnings(verbose=True):
         warnings.warn_explicit("LeafSpec is deprecated", FutureWarning, torch.__file__, 1)
     err = capsys.readouterr().err

@@ -94,10 +94,11 @@ class WarningPrinter:
         self.seen: set[str] = set()
 
     def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
-        if not self.verbose and not _from_motorpool(filename):
+        ours = _from_motorpool(filename) or getattr(category, "__module__", "").startswith("motorpool")
+        if not self.verbose and not ours:
             return
         text = " ".join(str(message).split())
-        if self.verbose and not _from_motorpool(filename):
+        if not ours:
             text = f"{category.__name__} from {Path(filename).name}:{lineno}: {text}"
         if text in self.seen:
             return
