@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._args import (add_model_argument, csv_ints, csv_list, load_model_arg, positive_int, precision_list,
                     shape_arg, with_shapes)
+from . import _output
 from ._output import CommandFailed, UsageError, library_output, say
 
 
@@ -69,7 +70,7 @@ def run(args) -> int:
     from ..measuring.bench_output import chart_unavailable, print_table, write_all
     from ..measuring.benchmark import SCENARIOS, bench_model, steps_per_engine
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, force_terminal=True if _output.FORCE_PROGRESS else None)
     scenarios = csv_list(args.scenarios)
     unknown = sorted(set(scenarios) - set(SCENARIOS))
     if unknown:
@@ -82,7 +83,8 @@ def run(args) -> int:
         raise UsageError("no backend to benchmark; `motorpool doctor` shows why each is unavailable")
     per_engine = steps_per_engine(args.batch_sizes, scenarios)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TimeElapsedColumn(), console=console, transient=True, disable=args.no_progress)
+                        TimeElapsedColumn(), console=console, transient=True,
+                        disable=args.no_progress or not (_output.FORCE_PROGRESS or console.is_terminal))
     with progress, library_output(getattr(args, "verbose", False)):
         task = progress.add_task(f"bench {loaded.name}", total=per_engine * len(backends) * len(precisions))
         finished = {"engines": 0}
