@@ -34,6 +34,8 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def run(args) -> int:
+    import signal
+
     import motorpool
 
     if args.name and len(args.name) != len(args.engines):
@@ -56,9 +58,16 @@ def run(args) -> int:
     except (motorpool.MotorpoolError, OSError, ValueError) as exc:
         return _fail(str(exc).replace("\n", " "))
     names = ", ".join(f"{n} ({m.engine.backend})" for n, m in models.items())
+    server = oip_server.make_server(models, args.host, args.port, log_level=args.log_level)
     print(f"serving {names} on http://{args.host}:{args.port}/v2 (Open Inference Protocol)", flush=True)
-    oip_server.make_server(models, args.host, args.port, log_level=args.log_level).run()
-    print("stopped: requests in flight answered, batchers drained", flush=True)
+    # uvicorn catches SIGTERM/SIGINT, shuts down gracefully, then re-raises the signal to the handler that
+    # was there before it: make that one a no-op, so a drained server exits 0 with its closing line.
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    server.run()
+    why = f" on {signal.Signals(received[0]).name}" if received else ""
+    print(f"stopped{why}: requests in flight answered, batchers drained", flush=True)
     return 0
 
 
@@ -84,10 +93,9 @@ def _run_ray(args) -> int:
     print(f"serving {args.engines[0]} on Ray Serve at http://{args.host}:{args.port}/v2 with {args.replicas} "
           "replica(s)", flush=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
         pass
     serve.shutdown()
     ray.shutdown()
