@@ -150,13 +150,48 @@ def test_serve_batching_and_threads_from_num_cpus(cluster):
         serve.delete("serve-batch")
 
 
-def test_a_replica_killed_mid_request_is_replaced_and_no_request_is_lost(cluster):
+def replica_in_constructor(app: str, timeout: float = 60.0) -> tuple[int, str]:
+    """A replica process of ``app`` while it runs its constructor (Ray titles the process with its task)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    title = f.read().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if f"ServeReplica:{app}:" in title:
+                return int(entry), title
+        time.sleep(0.01)
+    raise AssertionError(f"no replica of {app} showed up within {timeout} s")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds replica processes through /proc (Linux)")
+def test_a_replica_killed_mid_load_or_mid_request_is_replaced_and_no_request_is_lost(cluster):
     engine = cluster["engines"]["mlp"]
     app = mray.deployment(cluster["paths"]["mlp"], name="mlp", num_replicas=2, ray_actor_options={"num_cpus": 1},
                           max_batch_size=8, batch_wait_timeout_s=0.005)
-    handle = serve.run(app, name="kill", route_prefix="/kill")
+    outcome: dict = {}
+
+    def deploy() -> None:
+        try:
+            outcome["handle"] = serve.run(app, name="kill", route_prefix="/kill")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    deployer = threading.Thread(target=deploy)
+    deployer.start()
+    loading, title = replica_in_constructor("kill")
+    os.kill(loading, signal.SIGKILL)  # mid-load: the replica is still in __init__ (loading the engine)
+    assert title.endswith(".__init__") and deployer.is_alive(), title
+    deployer.join(180)
+    assert "error" not in outcome, outcome.get("error")
+    handle = outcome["handle"]
     try:
         before = pids(handle, 2)
+        assert loading not in before  # Serve started another in its place
         url = f"127.0.0.1:{cluster['port']}/kill"
         meta = httpclient.InferenceServerClient(url).get_model_metadata("mlp")
         answers: dict[tuple[int, int], int] = {}
