@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import motorpool
+from motorpool.serving.oip_server import load_engine
 from motorpool.testing import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -155,6 +156,39 @@ def measure_http(url: str, name: str, samples, clients: int, warmup: float, seco
     return asyncio.run(run())
 
 
+def measure_handle(handle, samples, clients: int, warmup: float, seconds: float) -> dict:
+    """The same clients through the Python handle (no HTTP proxy): what the replicas do on their own."""
+
+    async def run() -> dict:
+        latencies: list[float] = []
+        errors = [0]
+        start = time.perf_counter()
+        t_warm, t_end = start + warmup, start + warmup + seconds
+
+        async def worker(k: int) -> None:
+            i = k
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= t_end:
+                    return
+                try:
+                    await handle.infer.remote(*samples[i % len(samples)])
+                except Exception:  # noqa: BLE001 - counted, reported
+                    errors[0] += 1
+                    continue
+                t1 = time.perf_counter()
+                if t0 >= t_warm and t1 <= t_end:
+                    latencies.append(t1 - t0)
+                i += clients
+
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+        out = summarize(latencies, len(latencies), seconds)
+        out["errors"] = errors[0]
+        return out
+
+    return asyncio.run(run())
+
+
 def check_equal(url: str, name: str, engine, sample) -> None:
     """One request over the wire must give the engine's own answer (a benchmark of wrong answers is void)."""
     import tritonclient.http as httpclient
@@ -170,10 +204,11 @@ def check_equal(url: str, name: str, engine, sample) -> None:
     np.testing.assert_allclose(got, np.asarray(engine(*sample)), rtol=1e-4, atol=1e-4)
 
 
-def start_serve(path: Path, max_batch: int, delay_ms: float) -> tuple[subprocess.Popen, str]:
+def start_serve(path: Path, max_batch: int, delay_ms: float, threads: int | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    extra = [] if threads is None else ["--threads", str(threads)]
     proc = subprocess.Popen([sys.executable, "-m", "motorpool.cli", "serve", str(path), "--port", str(port),
-                             "--max-batch-size", str(max_batch), "--max-delay-ms", str(delay_ms)],
+                             "--max-batch-size", str(max_batch), "--max-delay-ms", str(delay_ms), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while True:
@@ -196,6 +231,9 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="runtime threads of the in-process and `motorpool serve` engines (1, like each 1-CPU "
+                        "Ray replica; 0: the runtime's default)")
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -207,7 +245,7 @@ def main() -> int:
         model, examples, info = build_model(name, args.image_size)
         engine = motorpool.compile(model, examples, backend=args.backend)
         path = engine.save(work / name)
-        engine = motorpool.load(path)
+        engine = load_engine(path, args.threads or None)
         samples = pool_of_inputs(engine)
         saved[name] = (path, engine, samples, info, batch1_ms(engine, samples))
 
@@ -217,7 +255,7 @@ def main() -> int:
                               args.max_delay_ms)
         rows.append({"model": name, "path": "in-process DynamicBatcher", **r})
         print(f"  in-process     {r['throughput']:8.1f} req/s (mean batch {r['mean_batch']:.1f})", flush=True)
-        proc, url = start_serve(path, args.max_batch_size, args.max_delay_ms)
+        proc, url = start_serve(path, args.max_batch_size, args.max_delay_ms, args.threads or None)
         try:
             check_equal(url, path.name, engine, samples[0])
             r = measure_http(url, path.name, samples, args.clients, args.warmup, args.seconds)
@@ -243,26 +281,32 @@ def main() -> int:
                                           ray_actor_options={"num_cpus": 1}, max_batch_size=args.max_batch_size,
                                           batch_wait_timeout_s=args.max_delay_ms / 1e3,
                                           max_ongoing_requests=args.clients)
-                    serve.run(app, name=f"{name}-{replicas}", route_prefix=f"/{name}{replicas}")
+                    handle = serve.run(app, name=f"{name}-{replicas}", route_prefix=f"/{name}{replicas}")
                     url = f"127.0.0.1:{port}/{name}{replicas}"
                     check_equal(url, path.name, engine, samples[0])
                     r = measure_http(url, path.name, samples, args.clients, args.warmup, args.seconds)
+                    rows.append({"model": name, "path": f"Ray Serve HTTP, {replicas} replica(s) x 1 CPU", **r})
+                    print(f"  ray http x{replicas}    {r['throughput']:8.1f} req/s", flush=True)
+                    r = measure_handle(handle, samples, args.clients, args.warmup, args.seconds)
+                    rows.append({"model": name, "path": f"Ray Serve handle, {replicas} replica(s) x 1 CPU", **r})
+                    print(f"  ray handle x{replicas}  {r['throughput']:8.1f} req/s", flush=True)
                     serve.delete(f"{name}-{replicas}")
-                    rows.append({"model": name, "path": f"Ray Serve, {replicas} replica(s) x 1 CPU", **r})
-                    print(f"  ray x{replicas}         {r['throughput']:8.1f} req/s", flush=True)
         finally:
             serve.shutdown()
             ray.shutdown()
 
+    threads = args.threads or "default"
     print(f"\n{args.clients} concurrent clients, batch 1 each, {args.backend}, max_batch_size {args.max_batch_size}, "
-          f"max_delay {args.max_delay_ms} ms, {args.seconds:.0f} s windows\n")
+          f"max_delay {args.max_delay_ms} ms, {args.seconds:.0f} s windows; in-process and serve engines with "
+          f"{threads} runtime thread(s), Ray replicas 1 each\n")
     print("| model | batch-1 call | path | req/s | vs in-process | p50 ms | p99 ms | errors |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for name in saved:
         base = next(r["throughput"] for r in rows if r["model"] == name and r["path"].startswith("in-process"))
-        one = next((r["throughput"] for r in rows if r["model"] == name and "1 replica" in r["path"]), None)
         for r in (r for r in rows if r["model"] == name):
             extra = ""
+            one = next((o["throughput"] for o in rows if o["model"] == name
+                        and o["path"] == r["path"].replace("2 replica", "1 replica")), None)
             if "2 replica" in r["path"] and one:
                 extra = f" ({r['throughput'] / one:.2f}x 1 replica)"
             print(f"| {name} | {saved[name][4]:.2f} ms | {r['path']} | {r['throughput']:.1f} | "

@@ -18,11 +18,8 @@ one layer only: ``batching="motorpool"`` (a :class:`motorpool.DynamicBatcher` pe
 
 # No `from __future__ import annotations` here: the replica class is shipped to Ray workers by value, and
 # FastAPI must see the routes' real annotations (``request: Request``), not names it cannot resolve there.
-import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,33 +48,6 @@ def replica_cpus(default: float = 1.0) -> float:
         return float(ray.get_runtime_context().get_assigned_resources().get("CPU", default))
     except Exception:  # noqa: BLE001 - not in a Ray worker
         return default
-
-
-def load_with_threads(path: str | Path, threads: int) -> motorpool.Engine:
-    """``motorpool.load(path)`` with the runtime's thread pool sized to ``threads``.
-
-    A saved engine's runtime settings live in its manifest; for ONNX Runtime and OpenVINO the loaded copy's
-    thread count is set in a private copy of the folder (the artifact files, and so their checksums, are
-    untouched). torch-based engines take ``torch.set_num_threads``, set by the caller.
-    """
-    path = Path(path)
-    manifest = json.loads((path / "manifest.json").read_text())
-    backend = manifest.get("backend")
-    meta = manifest.setdefault("backend_metadata", {})
-    if backend == "onnxruntime":
-        meta.setdefault("session", {}).update(intra_op_num_threads=threads, inter_op_num_threads=1)
-    elif backend == "openvino":
-        meta.setdefault("config", {})["INFERENCE_NUM_THREADS"] = str(threads)
-    else:
-        return motorpool.load(path)
-    staged = Path(tempfile.mkdtemp(prefix="motorpool-replica-"))
-    try:
-        copy = staged / path.name
-        shutil.copytree(path, copy)
-        (copy / "manifest.json").write_text(json.dumps(manifest))
-        return motorpool.load(copy)
-    finally:  # both runtimes keep private copies of what they loaded
-        shutil.rmtree(staged, ignore_errors=True)
 
 
 def _rows_key(inputs: Sequence[Any]) -> tuple:
@@ -126,13 +96,10 @@ def _replica_class(batching: str, max_batch_size: int, batch_wait_timeout_s: flo
     class MotorpoolReplica:
         def __init__(self, path: str, name: str, max_batch_size_: int, wait_s: float, max_queue: int,
                      cache: bool):
-            import torch
-
             self.cpus = replica_cpus()
             self.threads = max(1, math.floor(self.cpus))
-            torch.set_num_threads(self.threads)
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
-            engine = load_with_threads(path, self.threads)
+            engine = oip_server.load_engine(path, self.threads)  # sets torch's threads too
             # one batching layer: motorpool's batcher, or (batching="serve") none here and @serve.batch below
             self.model = oip_server.ServedModel(engine, name, max_batch_size=max_batch_size_,
                                                 max_delay_ms=wait_s * 1e3, max_queue=max_queue, cache=cache,
@@ -154,10 +121,7 @@ def _replica_class(batching: str, max_batch_size: int, batch_wait_timeout_s: flo
             """Where this replica runs and how: its pid, CPUs, threads, backend and batching layer."""
             import torch
 
-            info = getattr(self.model.engine.runner, "info", {}) or {}
-            runtime_threads = (info.get("session", {}).get("intra_op_num_threads")  # ONNX Runtime
-                               or info.get("config", {}).get("INFERENCE_NUM_THREADS")  # OpenVINO
-                               or torch.get_num_threads())
+            runtime_threads = oip_server.engine_threads(self.model.engine)
             return {"pid": os.getpid(), "num_cpus": self.cpus, "threads": self.threads,
                     "torch_threads": torch.get_num_threads(), "runtime_threads": int(runtime_threads),
                     "backend": self.model.engine.backend, "batching": batching,
@@ -251,4 +215,4 @@ def _replica_class(batching: str, max_batch_size: int, batch_wait_timeout_s: flo
     return MotorpoolReplica
 
 
-__all__ = ["deployment", "load_with_threads", "replica_cpus", "app_name", "BATCHING"]
+__all__ = ["deployment", "replica_cpus", "app_name", "BATCHING"]

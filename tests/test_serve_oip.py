@@ -130,7 +130,8 @@ def server(engines):
 @pytest.fixture(scope="module")
 def slow_server(engines):
     """One request waits 1.5 s for company, and one is all the queue holds."""
-    s = Server(str(engines["mlp"][0]), "--max-batch-size", "64", "--max-delay-ms", "1500", "--max-queue", "1")
+    s = Server(str(engines["mlp"][0]), "--max-batch-size", "64", "--max-delay-ms", "1500", "--max-queue", "1",
+               "--threads", "1")
     yield s
     s.stop()
 
@@ -303,6 +304,11 @@ def test_full_queue_is_503_with_retry_after(slow_server, engines):
     assert "queue is full" in body["error"]
     t.join(30)
     np.testing.assert_allclose(first["y"].as_numpy("output"), engine(*arrays), rtol=1e-5, atol=1e-5)
+
+
+def test_threads_option_reaches_the_runtime(slow_server):
+    stats = slow_server.stats("mlp")
+    assert stats["threads"] == 1 and stats["backend"] == AVAILABLE[-1]
 
 
 def test_request_past_its_timeout_is_504(slow_server, engines):

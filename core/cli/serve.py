@@ -21,6 +21,8 @@ def register(sub) -> None:
                    help="requests waiting before the server answers 503 (1024)")
     p.add_argument("--timeout-ms", type=float, default=None,
                    help="a request still queued after this long is answered 504 (default: none)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for each engine's runtime (torch, ONNX Runtime, OpenVINO); default: the runtime's")
     p.add_argument("--cache", action="store_true", help="answer repeated inputs from an in-process LRU cache")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (needs motorpool[ray])")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: number of replicas (1)")
@@ -41,9 +43,9 @@ def run(args) -> int:
     if args.name and len(args.name) != len(args.engines):
         return _fail(f"--name given {len(args.name)} time(s) for {len(args.engines)} engine folder(s); give one "
                      "per DIR or none", 2)
-    for label in ("max_batch_size", "max_queue", "replicas", "port"):
+    for label in ("max_batch_size", "max_queue", "replicas", "port", "threads"):
         value = getattr(args, label)
-        if value < (0 if label == "port" else 1):
+        if value is not None and value < (0 if label == "port" else 1):
             return _fail(f"--{label.replace('_', '-')}: expected a positive integer, got {value}", 2)
     if args.ray:
         return _run_ray(args)
@@ -54,7 +56,7 @@ def run(args) -> int:
     try:
         models = oip_server.load_models(args.engines, args.name, max_batch_size=args.max_batch_size,
                                         max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
-                                        timeout_ms=args.timeout_ms, cache=args.cache)
+                                        timeout_ms=args.timeout_ms, cache=args.cache, threads=args.threads)
     except (motorpool.MotorpoolError, OSError, ValueError) as exc:
         return _fail(str(exc).replace("\n", " "))
     names = ", ".join(f"{n} ({m.engine.backend})" for n, m in models.items())

@@ -53,8 +53,12 @@ class ProtocolError(motorpool.MotorpoolError, ValueError):
 
 def datatype(dtype: Any) -> str:
     """The protocol's datatype for a torch/NumPy dtype or a motorpool dtype name: ``"FP32"`` for float32."""
-    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.") if isinstance(
-        dtype, torch.dtype) else np.dtype(dtype).name
+    if isinstance(dtype, str):
+        name = dtype
+    elif isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = np.dtype(dtype).name
     try:
         return DATATYPES[name]
     except KeyError:

@@ -16,6 +16,7 @@ The handlers are plain functions of a ``{name: ServedModel}`` mapping so the Ray
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -58,10 +59,12 @@ class ServedModel:
         self.ready = True
 
     @classmethod
-    def load(cls, path: str | Path, name: str | None = None, **options: Any) -> "ServedModel":
-        """``motorpool.load`` the saved engine at ``path`` (never compiles); the name defaults to the folder's."""
+    def load(cls, path: str | Path, name: str | None = None, *, threads: int | None = None,
+             **options: Any) -> "ServedModel":
+        """Load the saved engine at ``path`` (never compiles; ``threads`` sizes its runtime's thread pool, see
+        :func:`load_engine`); the name defaults to the folder's."""
         path = Path(path)
-        return cls(motorpool.load(path), name or path.resolve().name, **options)
+        return cls(load_engine(path, threads), name or path.resolve().name, **options)
 
     async def infer(self, inputs: Sequence[Any], timeout_ms: float | None = None) -> Any:
         """The model's outputs for one request (its output structure)."""
@@ -80,7 +83,8 @@ class ServedModel:
         return output
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "version": self.meta.versions[-1]}
+        out: dict[str, Any] = {"name": self.name, "version": self.meta.versions[-1], "backend": self.engine.backend,
+                               "threads": engine_threads(self.engine)}
         if self.batcher is not None:
             out["batcher"] = self.batcher.stats().to_dict()
         if self.cache is not None:
@@ -92,7 +96,7 @@ class ServedModel:
         b = self.batcher
         return {"name": self.name, "platform": self.meta.platform,
                 "max_batch_size": b.max_batch_size if b is not None and self.meta.batched else 0,
-                "input": [{"name": t.name, "data_type": "TYPE_" + ("STRING" if t.datatype == "BYTES" else t.datatype),
+                "input": [{"name": t.name, "data_type": "TYPE_" + t.datatype,
                            "dims": list(t.shape[1:] if self.meta.batched else t.shape)} for t in self.meta.inputs],
                 "output": [{"name": t.name, "data_type": "TYPE_" + t.datatype,
                             "dims": list(t.shape[1:] if self.meta.batched else t.shape)} for t in self.meta.outputs],
@@ -104,6 +108,64 @@ class ServedModel:
         self.ready = False
         if self.batcher is not None:
             self.batcher.close(drain=drain, timeout=timeout)
+
+
+def load_engine(path: str | Path, threads: int | None = None) -> motorpool.Engine:
+    """``motorpool.load(path)``, with the engine's threads set to ``threads`` when given: torch's
+    (``torch.set_num_threads``, for the torch-based backends) and the runtime's own pool (ONNX Runtime's
+    intra-op threads, OpenVINO's ``INFERENCE_NUM_THREADS``).
+
+    A saved engine's runtime settings live in its manifest, so for ONNX Runtime and OpenVINO the engine is
+    loaded from a private, throw-away copy of the folder whose manifest says ``threads`` (artifact files are
+    hard-linked where the file system allows, and their checksums are checked as always).
+    """
+    path = Path(path)
+    if threads is None:
+        return motorpool.load(path)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads: expected a positive int, got {threads!r}")
+    import json
+    import shutil
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(threads)
+    manifest = json.loads((path / "manifest.json").read_text())
+    meta = manifest.setdefault("backend_metadata", {})
+    if manifest.get("backend") == "onnxruntime":
+        meta.setdefault("session", {}).update(intra_op_num_threads=threads, inter_op_num_threads=1)
+    elif manifest.get("backend") == "openvino":
+        meta.setdefault("config", {})["INFERENCE_NUM_THREADS"] = str(threads)
+    else:
+        return motorpool.load(path)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(src, dst)
+
+    staged = Path(tempfile.mkdtemp(prefix="motorpool-threads-"))
+    try:
+        copy = staged / path.name
+        shutil.copytree(path, copy, copy_function=link_or_copy)
+        (copy / "manifest.json").unlink()  # a link to the original: write a new file, not through it
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        return motorpool.load(copy)
+    finally:  # both runtimes keep private copies of what they loaded
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def engine_threads(engine: Any) -> int:
+    """The threads ``engine``'s runtime runs with, as far as it tells (else torch's)."""
+    import torch
+
+    info = getattr(engine.runner, "info", {}) or {}
+    value = (info.get("session", {}).get("intra_op_num_threads")  # ONNX Runtime
+             or info.get("config", {}).get("INFERENCE_NUM_THREADS")  # OpenVINO
+             or torch.get_num_threads())
+    return int(value)
 
 
 # -- handlers (shared with the Ray Serve deployment) ---------------------------------------------------------
@@ -329,5 +391,5 @@ class ServerThread:
         self.stop()
 
 
-__all__ = ["ServedModel", "create_app", "load_models", "make_server", "serve", "ServerThread", "server_metadata",
+__all__ = ["ServedModel", "load_engine", "engine_threads", "create_app", "load_models", "make_server", "serve", "ServerThread", "server_metadata",
            "live", "ready", "model_metadata", "model_ready", "model_config", "model_stats", "infer"]
