@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.add_argument("--timeout-ms", type=float, default=None,
                    help="a request still queued after this long is answered 504 (default: none)")
     p.add_argument("--threads", type=int, default=None,
-                   help="threads for each engine's runtime (torch, ONNX Runtime, OpenVINO); default: the runtime's")
+                   help="threads for each engine's runtime (torch, ONNX Runtime, OpenVINO); default: the runtime's. "
+                        "With --ray: each replica's num_cpus (1)")
     p.add_argument("--cache", action="store_true", help="answer repeated inputs from an in-process LRU cache")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (needs motorpool[ray])")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: number of replicas (1)")
@@ -87,8 +88,10 @@ def _run_ray(args) -> int:
     import ray
 
     name = (args.name or [None])[0]
+    # with --ray, --threads is each replica's num_cpus (its threads follow)
     app = mray.deployment(args.engines[0], name=name, num_replicas=args.replicas,
-                          max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.max_delay_ms / 1e3)
+                          ray_actor_options={"num_cpus": args.threads or 1}, max_batch_size=args.max_batch_size,
+                          batch_wait_timeout_s=args.max_delay_ms / 1e3, max_queue=args.max_queue, cache=args.cache)
     ray.init(include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name=mray.app_name(args.engines[0], name), route_prefix="/")
