@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import motorpool
-from motorpool.serving.oip_server import load_engine
+from motorpool.serving.loading import load_engine
 from motorpool.testing import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import motorpool
+from .plugin.errors import ArtifactError
 
 try:
     from fastapi import FastAPI, Request
@@ -70,7 +70,7 @@ def deployment(path: str | Path, name: str | None = None, *, num_replicas: int |
         raise ValueError(f"batching: expected one of {', '.join(BATCHING)}, got {batching!r}")
     path = Path(path).resolve()
     if not (path / "manifest.json").is_file():
-        raise motorpool.ArtifactError(f"{path} is not a saved engine (no manifest.json)")
+        raise ArtifactError(f"{path} is not a saved engine (no manifest.json)")
     if autoscaling_config is not None:
         num_replicas = None if num_replicas == 1 else num_replicas  # the autoscaler decides
     model_name = app_name(path, name)
@@ -88,7 +88,7 @@ def deployment(path: str | Path, name: str | None = None, *, num_replicas: int |
 
 def _replica_class(batching: str, max_batch_size: int, batch_wait_timeout_s: float):
     """The replica class, made per deployment: its FastAPI app and its ``@serve.batch`` size are its own."""
-    from motorpool.serving import oip_server
+    from .serving import loading, oip_server
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -99,7 +99,7 @@ def _replica_class(batching: str, max_batch_size: int, batch_wait_timeout_s: flo
             self.cpus = replica_cpus()
             self.threads = max(1, math.floor(self.cpus))
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
-            engine = oip_server.load_engine(path, self.threads)  # sets torch's threads too
+            engine = loading.load_engine(path, self.threads)  # sets torch's threads too
             # one batching layer: motorpool's batcher, or (batching="serve") none here and @serve.batch below
             self.model = oip_server.ServedModel(engine, name, max_batch_size=max_batch_size_,
                                                 max_delay_ms=wait_s * 1e3, max_queue=max_queue, cache=cache,
@@ -121,7 +121,7 @@ def _replica_class(batching: str, max_batch_size: int, batch_wait_timeout_s: flo
             """Where this replica runs and how: its pid, CPUs, threads, backend and batching layer."""
             import torch
 
-            runtime_threads = oip_server.engine_threads(self.model.engine)
+            runtime_threads = loading.engine_threads(self.model.engine)
             return {"pid": os.getpid(), "num_cpus": self.cpus, "threads": self.threads,
                     "torch_threads": torch.get_num_threads(), "runtime_threads": int(runtime_threads),
                     "backend": self.model.engine.backend, "batching": batching,

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-import motorpool
+from ..plugin.errors import InputError, MotorpoolError
+from .requests import BatcherClosed, QueueFull
 
 #: the protocol's header naming the length of the JSON part of a body that carries binary tensors
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -43,7 +44,7 @@ DATATYPES: dict[str, str] = {
 _FROM_DATATYPE = {v: k for k, v in DATATYPES.items()}
 
 
-class ProtocolError(motorpool.MotorpoolError, ValueError):
+class ProtocolError(MotorpoolError, ValueError):
     """A request that does not follow the protocol (answered 400); ``status`` may say otherwise (404)."""
 
     def __init__(self, message: str, *, status: int = 400):
@@ -147,7 +148,7 @@ def describe_engine(engine: Any, name: str) -> ModelMeta:
             second = flatten_outputs(engine(*spec.random_inputs(generator=generator, sizes=bigger)))
             shapes = [tuple(-1 if a != b else a for a, b in zip(s, x.shape)) if len(s) == len(x.shape)
                       else tuple(-1 for _ in s) for s, x in zip(shapes, second)]
-        except motorpool.InputError:  # e.g. a TensorRT profile that allows no larger size: batch only
+        except InputError:  # e.g. a TensorRT profile that allows no larger size: batch only
             shapes = [(-1,) + s[1:] if s and spec.has_dynamic_batch else s for s in shapes]
     outputs = tuple(TensorMeta(n, datatype(x.dtype), s) for n, x, s in zip(output_names(first), leaves, shapes))
     return ModelMeta(name=name, platform=f"motorpool_{engine.backend}", inputs=inputs, outputs=outputs,
@@ -269,7 +270,7 @@ def _decode_tensor(item: Mapping[str, Any], meta: TensorMeta, binary: memoryview
     name = item["name"]
     dt = item.get("datatype")
     if dt != meta.datatype:
-        raise motorpool.InputError(f"input {name!r}: expected datatype {meta.datatype}, got {dt!r}",
+        raise InputError(f"input {name!r}: expected datatype {meta.datatype}, got {dt!r}",
                                    input=name, expected=meta.datatype, got=dt)
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
@@ -359,11 +360,11 @@ def error_response(exc: BaseException) -> tuple[int, str, dict[str, str]]:
     """``(status, message, headers)`` for an exception raised while answering a request."""
     if isinstance(exc, ProtocolError):
         return exc.status, str(exc), {}
-    if isinstance(exc, motorpool.InputError):
+    if isinstance(exc, InputError):
         return 400, str(exc), {}
-    if isinstance(exc, motorpool.QueueFull):
+    if isinstance(exc, QueueFull):
         return 503, str(exc), {"Retry-After": "1"}
-    if isinstance(exc, motorpool.BatcherClosed):
+    if isinstance(exc, BatcherClosed):
         return 503, f"the server is shutting down: {exc}", {"Retry-After": "1"}
     if isinstance(exc, TimeoutError):
         return 504, str(exc) or "the request timed out", {}

@@ -16,15 +16,16 @@ The handlers are plain functions of a ``{name: ServedModel}`` mapping so the Ray
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import motorpool
-
+from .._version import __version__
 from . import oip
+from .dynamic_batcher import DynamicBatcher
+from .loading import engine_threads, load_engine, open_engine
+from .prediction_cache import CachedEngine
 
 try:  # the `serve` extra; importing this module without it says how to get it
     from fastapi import FastAPI, Request
@@ -40,7 +41,7 @@ class ServedModel:
     """One engine behind the protocol: its metadata, its batcher and, optionally, its prediction cache.
 
     ``batching=False`` calls the engine directly (in a worker thread): for a layer that batches already, like
-    Ray Serve's ``@serve.batch``. ``cache`` is True (an in-process LRU) or a :class:`motorpool.cache.Store`.
+    Ray Serve's ``@serve.batch``. ``cache`` is True (an in-process LRU) or a :class:`motorpool.serving.stores.Store`.
     """
 
     def __init__(self, engine: Any, name: str, *, max_batch_size: int = 32, max_delay_ms: float = 2.0,
@@ -49,13 +50,13 @@ class ServedModel:
         self.engine = engine
         self.name = name
         self.meta = oip.describe_engine(engine, name)
-        self.batcher = (motorpool.DynamicBatcher(engine, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
+        self.batcher = (DynamicBatcher(engine, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
                                                  max_queue=max_queue, timeout_ms=timeout_ms, workers=workers,
                                                  name=f"motorpool-serve-{name}") if batching else None)
         self.cache = None
         if cache:
             store = None if cache is True else cache
-            self.cache = motorpool.CachedEngine(self.batcher or engine, store)
+            self.cache = CachedEngine(self.batcher or engine, store)
         self.ready = True
 
     @classmethod
@@ -110,64 +111,6 @@ class ServedModel:
             self.batcher.close(drain=drain, timeout=timeout)
 
 
-def load_engine(path: str | Path, threads: int | None = None) -> motorpool.Engine:
-    """``motorpool.load(path)``, with the engine's threads set to ``threads`` when given: torch's
-    (``torch.set_num_threads``, for the torch-based backends) and the runtime's own pool (ONNX Runtime's
-    intra-op threads, OpenVINO's ``INFERENCE_NUM_THREADS``).
-
-    A saved engine's runtime settings live in its manifest, so for ONNX Runtime and OpenVINO the engine is
-    loaded from a private, throw-away copy of the folder whose manifest says ``threads`` (artifact files are
-    hard-linked where the file system allows, and their checksums are checked as always).
-    """
-    path = Path(path)
-    if threads is None:
-        return motorpool.load(path)
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads: expected a positive int, got {threads!r}")
-    import json
-    import shutil
-    import tempfile
-
-    import torch
-
-    torch.set_num_threads(threads)
-    manifest = json.loads((path / "manifest.json").read_text())
-    meta = manifest.setdefault("backend_metadata", {})
-    if manifest.get("backend") == "onnxruntime":
-        meta.setdefault("session", {}).update(intra_op_num_threads=threads, inter_op_num_threads=1)
-    elif manifest.get("backend") == "openvino":
-        meta.setdefault("config", {})["INFERENCE_NUM_THREADS"] = str(threads)
-    else:
-        return motorpool.load(path)
-
-    def link_or_copy(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:  # another file system, or links not allowed
-            shutil.copy2(src, dst)
-
-    staged = Path(tempfile.mkdtemp(prefix="motorpool-threads-"))
-    try:
-        copy = staged / path.name
-        shutil.copytree(path, copy, copy_function=link_or_copy)
-        (copy / "manifest.json").unlink()  # a link to the original: write a new file, not through it
-        (copy / "manifest.json").write_text(json.dumps(manifest))
-        return motorpool.load(copy)
-    finally:  # both runtimes keep private copies of what they loaded
-        shutil.rmtree(staged, ignore_errors=True)
-
-
-def engine_threads(engine: Any) -> int:
-    """The threads ``engine``'s runtime runs with, as far as it tells (else torch's)."""
-    import torch
-
-    info = getattr(engine.runner, "info", {}) or {}
-    value = (info.get("session", {}).get("intra_op_num_threads")  # ONNX Runtime
-             or info.get("config", {}).get("INFERENCE_NUM_THREADS")  # OpenVINO
-             or torch.get_num_threads())
-    return int(value)
-
-
 # -- handlers (shared with the Ray Serve deployment) ---------------------------------------------------------
 
 
@@ -194,7 +137,7 @@ def _find(models: Mapping[str, ServedModel], name: str, version: str | None) -> 
 
 
 def server_metadata() -> dict[str, Any]:
-    return {"name": "motorpool", "version": motorpool.__version__,
+    return {"name": "motorpool", "version": __version__,
             "extensions": ["binary_tensor_data", "model_configuration", "statistics"]}
 
 
@@ -282,7 +225,7 @@ def create_app(models: Mapping[str, ServedModel] | ServedModel | Sequence[Served
             for m in models.values():
                 await asyncio.get_running_loop().run_in_executor(None, m.close)
 
-    app = FastAPI(title="motorpool", version=motorpool.__version__, lifespan=lifespan,
+    app = FastAPI(title="motorpool", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.models = models
 
@@ -391,5 +334,5 @@ class ServerThread:
         self.stop()
 
 
-__all__ = ["ServedModel", "load_engine", "engine_threads", "create_app", "load_models", "make_server", "serve", "ServerThread", "server_metadata",
+__all__ = ["ServedModel", "open_engine", "load_engine", "engine_threads", "create_app", "load_models", "make_server", "serve", "ServerThread", "server_metadata",
            "live", "ready", "model_metadata", "model_ready", "model_config", "model_stats", "infer"]

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import motorpool
-
+from ..plugin.errors import ArtifactError, UnsupportedError
 from . import oip
+from .loading import open_engine
 
 #: the protocol datatype -> Triton's model-config data type
 TRITON_TYPES = {dt: f"TYPE_{dt}" for dt in oip.DATATYPES.values()}
@@ -188,7 +188,7 @@ def _check_backend(backend: str) -> _Layout:
     layout = LAYOUTS.get(backend)
     if layout is None:
         why = _WHY_NOT.get(backend, "no Triton backend layout is known for its artifact")
-        raise motorpool.UnsupportedError(
+        raise UnsupportedError(
             f"cannot export a {backend} engine to a Triton model repository: {why}. Engines that export: "
             f"{', '.join(LAYOUTS)} (compile with backend=... one of them)", backend=backend)
     return layout
@@ -209,11 +209,11 @@ def _export_dir(path: Path, repo: Path, name: str, version: int, *, max_batch_si
                          f"({max_batch_size})")
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
-        raise motorpool.ArtifactError(f"{path} is not a saved engine (no manifest.json); write one with "
+        raise ArtifactError(f"{path} is not a saved engine (no manifest.json); write one with "
                                       "`motorpool compile` or Engine.save")
     manifest = json.loads(manifest_path.read_text())
     layout = _check_backend(manifest["backend"])
-    engine = motorpool.load(path)  # checks the checksums, and gives the output datatypes and shapes
+    engine = open_engine(path)  # checks the checksums, and gives the output datatypes and shapes
     meta = oip.describe_engine(engine, name)
     batched = meta.batched and max_batch_size > 0
     kind = _instance_kind(instance_kind, manifest.get("device", "cpu"))
@@ -221,13 +221,13 @@ def _export_dir(path: Path, repo: Path, name: str, version: int, *, max_batch_si
     model_dir = repo / name
     version_dir = model_dir / str(version)
     if version_dir.exists() and not overwrite:
-        raise motorpool.ArtifactError(f"{version_dir} already exists; pass overwrite=True to replace it")
+        raise ArtifactError(f"{version_dir} already exists; pass overwrite=True to replace it")
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-{version}-", dir=_ensure(model_dir)))
     try:
         layout.copy(path / "artifact", manifest.get("backend_metadata", {}), staging)
         in_names, out_names = layout.names(staging, len(meta.inputs), len(meta.outputs))
         if len(in_names) != len(meta.inputs) or len(out_names) != len(meta.outputs):
-            raise motorpool.ArtifactError(
+            raise ArtifactError(
                 f"{path}: the model file has {len(in_names)} inputs and {len(out_names)} outputs but the engine "
                 f"{len(meta.inputs)} and {len(meta.outputs)}")
 
