@@ -4,7 +4,7 @@ against real servers started in subprocesses on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import socket
 import subprocess
@@ -346,3 +346,47 @@ def test_cli_usage_errors_exit_2(engines):
     path = str(engines["mlp"][0])
     assert main(["serve", path, "--name", "a", "--name", "b"]) == 2
     assert main(["serve", path, "--max-batch-size", "0"]) == 2
+
+
+def test_gzip_request_body(server, engines):
+    engine = engines["mlp"][1]
+    client = server.client()
+    meta = client.get_model_metadata("mlp")
+    arrays = fresh(engine, 3, 321)
+    result = client.infer("mlp", infer_inputs(meta, arrays, True), request_compression_algorithm="gzip")
+    np.testing.assert_allclose(result.as_numpy("output"), engine(*arrays), rtol=1e-5, atol=1e-5)
+
+
+def test_protocol_decoding_errors_name_what_is_wrong(engines):
+    from motorpool.serving import oip
+
+    engine = engines["mlp"][1]
+    meta = oip.describe_engine(engine, "mlp")
+    x = fresh(engine, 2, 5)[0]
+    head = json.dumps({"inputs": [{"name": "x", "shape": [2, 32], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "output", "parameters": {"binary_data": True}}], "id": "a"}).encode()
+    request = oip.decode_request(head + x.tobytes(), meta, len(head))
+    np.testing.assert_array_equal(request.inputs[0], x)
+    body, json_length = oip.encode_response(meta, engine(*request.inputs), request)
+    doc = json.loads(body[:json_length])
+    assert doc["id"] == "a" and doc["outputs"][0]["parameters"]["binary_data_size"] == 2 * 10 * 4
+    np.testing.assert_array_equal(np.frombuffer(body[json_length:], np.float32).reshape(2, 10), engine(x))
+    cases = [
+        (head + x.tobytes()[:-4], len(head), "runs past the end of the body"),
+        (head + x.tobytes() + b"xxxx", len(head), "add up to"),
+        (head + x.tobytes(), len(head) + 10**9, "Inference-Header-Content-Length is"),
+        (b"{", None, "not valid JSON"),
+        (json.dumps({"inputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [1]}]}).encode(), None,
+         "has no input 'y'; its inputs are x"),
+        (json.dumps({"inputs": [{"name": "x", "shape": [1, 32], "datatype": "FP32", "data": [1.0] * 31}]}).encode(),
+         None, "holds 32 elements but 'data' has 31"),
+        (json.dumps({"inputs": [{"name": "x", "shape": [1, 32], "datatype": "FP32", "data": [1.0] * 32}],
+                     "outputs": [{"name": "logits"}]}).encode(), None, "has no output 'logits'; its outputs are output"),
+    ]
+    for body, length, message in cases:
+        with pytest.raises(oip.ProtocolError, match=re.escape(message)):
+            oip.decode_request(body, meta, length)
+    assert oip.error_response(motorpool.QueueFull("full", max_queue=1))[:1] == (503,)
+    assert oip.error_response(TimeoutError("late"))[0] == 504
+    assert oip.error_response(motorpool.InputError("bad"))[:2] == (400, "bad")
