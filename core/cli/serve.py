@@ -104,4 +104,5 @@ def _run_ray(args) -> int:
         pass
     serve.shutdown()
     ray.shutdown()
+    print("stopped: Serve and the local Ray shut down", flush=True)
     return 0
