@@ -8,7 +8,7 @@ import importlib
 import sys
 
 #: subcommand modules, in the order ``motorpool --help`` lists them
-COMMANDS = ["doctor", "demo", "compile", "run", "bench", "profile", "cache", "optimize"]
+COMMANDS = ["doctor", "demo", "compile", "run", "bench", "profile", "cache", "optimize", "serve", "export_triton"]
 
 
 def build_parser() -> argparse.ArgumentParser:
