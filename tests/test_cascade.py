@@ -13,7 +13,7 @@ import motorpool
 from motorpool.serving.cascade import CONFIDENCES, Cascade, CascadeCalibration
 
 import _digits
-from _teachers import trained_teacher
+from _teachers import trained_fast, trained_teacher
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +29,7 @@ def models():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _digits.trained("mlp"), trained_teacher()
+        return trained_fast(), trained_teacher()
     finally:
         torch.set_num_threads(threads)
 
