@@ -34,25 +34,34 @@ from torch import nn
 import motorpool
 
 
-def _softmax(logits: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(logits.double(), dim=-1)
+# The built-in measures work in NumPy float64: a batch's logits are small, and torch's intra-op thread pool
+# can stall for milliseconds on a machine whose cores a runtime's own spinning threads (ONNX Runtime's) hold.
+
+def _probabilities(logits: torch.Tensor) -> np.ndarray:
+    z = logits.detach().cpu().numpy().astype(np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def max_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """The top softmax probability, rescaled from [1/C, 1] to [0, 1]."""
     classes = logits.shape[-1]
-    top = _softmax(logits).amax(dim=-1)
-    return ((top - 1.0 / classes) / (1.0 - 1.0 / classes)).clamp(0.0, 1.0)
+    top = _probabilities(logits).max(axis=-1)
+    return torch.from_numpy(np.clip((top - 1.0 / classes) / (1.0 - 1.0 / classes), 0.0, 1.0))
 
 
 def margin(logits: torch.Tensor) -> torch.Tensor:
-    top2 = _softmax(logits).topk(2, dim=-1).values
-    return (top2[:, 0] - top2[:, 1]).clamp(0.0, 1.0)
+    """Top-1 minus top-2 softmax probability."""
+    p = _probabilities(logits)
+    top2 = np.partition(p, p.shape[-1] - 2, axis=-1)[:, -2:]
+    return torch.from_numpy(np.clip(top2[:, 1] - top2[:, 0], 0.0, 1.0))
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    h = -(logp.exp() * logp).sum(dim=-1)
-    return (1.0 - h / math.log(logits.shape[-1])).clamp(0.0, 1.0)
+    """1 - H(p) / log C: 1 for a one-hot distribution, 0 for a uniform one."""
+    p = _probabilities(logits)
+    h = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=-1)
+    return torch.from_numpy(np.clip(1.0 - h / math.log(logits.shape[-1]), 0.0, 1.0))
 
 
 #: the built-in confidence measures, by name
@@ -416,23 +425,27 @@ def _bounded(fast_ok: torch.Tensor, accurate_ok: torch.Tensor, level: float) -> 
 
 def _merge(fast_out: Any, accurate_out: Any, index: torch.Tensor) -> Any:
     """``fast_out`` with rows ``index`` replaced by ``accurate_out``'s rows (which hold only those rows)."""
+    if isinstance(fast_out, torch.Tensor) and isinstance(accurate_out, torch.Tensor):  # the common case
+        return _merge_leaf(0, fast_out, accurate_out, index)
     fast_leaves, tree = pytree.tree_flatten(fast_out)
     accurate_leaves, accurate_tree = pytree.tree_flatten(accurate_out)
     if tree != accurate_tree:
         raise motorpool.InputError(f"the accurate model's outputs ({accurate_tree}) do not have the fast model's "
                                    f"structure ({tree})", input="accurate", expected=str(tree),
                                    got=str(accurate_tree))
-    merged = []
-    for i, (f, a) in enumerate(zip(fast_leaves, accurate_leaves)):
-        f = torch.from_numpy(f) if isinstance(f, np.ndarray) else f
-        a = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
-        if not isinstance(f, torch.Tensor) or not isinstance(a, torch.Tensor) or f.dim() == 0 \
-                or a.shape[1:] != f.shape[1:] or a.shape[0] != index.numel():
-            raise motorpool.InputError(
-                f"output {i}: the accurate model gave {list(getattr(a, 'shape', []))} for {index.numel()} routed "
-                f"samples; expected [{index.numel()}, {', '.join(map(str, f.shape[1:]))}] like the fast model's",
-                input=f"output {i}", expected=[index.numel(), *f.shape[1:]], got=list(getattr(a, "shape", [])))
-        out = f.to(torch.promote_types(f.dtype, a.dtype), copy=True)
-        out[index.to(out.device)] = a.to(out.device, out.dtype)
-        merged.append(out)
+    merged = [_merge_leaf(i, f, a, index) for i, (f, a) in enumerate(zip(fast_leaves, accurate_leaves))]
     return pytree.tree_unflatten(merged, tree)
+
+
+def _merge_leaf(i: int, f: Any, a: Any, index: torch.Tensor) -> torch.Tensor:
+    f = torch.from_numpy(f) if isinstance(f, np.ndarray) else f
+    a = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+    if not isinstance(f, torch.Tensor) or not isinstance(a, torch.Tensor) or f.dim() == 0 \
+            or a.shape[1:] != f.shape[1:] or a.shape[0] != index.numel():
+        raise motorpool.InputError(
+            f"output {i}: the accurate model gave {list(getattr(a, 'shape', []))} for {index.numel()} routed "
+            f"samples; expected [{index.numel()}, {', '.join(map(str, f.shape[1:]))}] like the fast model's",
+            input=f"output {i}", expected=[index.numel(), *f.shape[1:]], got=list(getattr(a, "shape", [])))
+    out = f.to(torch.promote_types(f.dtype, a.dtype), copy=True)
+    out[index.to(out.device)] = a.to(out.device, out.dtype)
+    return out
