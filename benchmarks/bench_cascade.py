@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 
 import torch
@@ -70,6 +71,31 @@ def top1(out) -> torch.Tensor:
     return torch.as_tensor(out).argmax(-1)
 
 
+def served_throughput(contenders: dict, x: torch.Tensor, args, rounds: int = 3) -> dict[str, list[float]]:
+    """Samples per second with ``args.clients`` threads each submitting single digits through a batcher."""
+    singles = [x[i:i + 1] for i in range(len(x))]
+    out: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, engine in contenders.items():
+            with motorpool.DynamicBatcher(engine, max_batch_size=args.batch, max_delay_ms=2.0,
+                                          max_queue=4 * args.clients) as batcher:
+                start = threading.Barrier(args.clients + 1)
+
+                def client(i: int) -> None:
+                    start.wait()
+                    for s in singles[i::args.clients]:
+                        batcher(s)
+                threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+                for t in threads:
+                    t.start()
+                start.wait()
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.join()
+                out[name].append(len(singles) / (time.perf_counter() - t0))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--width", type=int, default=1024, help="teacher hidden width")
@@ -79,6 +105,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--target", type=float, default=0.99, help="agreement with the teacher to calibrate to")
     ap.add_argument("--confidence-level", type=float, default=0.9)
+    ap.add_argument("--clients", type=int, default=8, help="served: threads submitting one digit at a time")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
 
@@ -135,6 +162,8 @@ def main() -> int:
                      "agreement": float((top1(out) == reference).double().mean()),
                      "accuracy": float((top1(out) == yte).double().mean()),
                      "routed": routed if engine is cascade else None})
+    served = served_throughput({"teacher fp32 alone": teacher_engine,
+                                "cascade (student int8 -> teacher fp32)": cascade}, xte, args)
     print(f"\n{args.backend}, batch {args.batch}, {len(yte)} test digits (x4 per round), {args.rounds} "
           f"interleaved rounds; torch threads {torch.get_num_threads()}")
     head = (f"{'contender':40s} {'samples/s':>11s} {'speed-up':>9s} {'(best)':>8s} {'agree w/ teacher':>17s} "
@@ -145,6 +174,11 @@ def main() -> int:
         print(f"{r['contender']:40s} {r['throughput']:11,.0f} {r['speedup']:8.2f}x {r['speedup_best']:7.2f}x "
               f"{r['agreement']:17.2%} "
               f"{r['accuracy']:9.2%} {routed_s:>7s}")
+    base_served = statistics.median(served["teacher fp32 alone"])
+    for name, rates in served.items():
+        print(f"served through the dynamic batcher ({args.clients} clients, one digit each, max batch "
+              f"{args.batch}): {name}: {statistics.median(rates):,.0f}/s "
+              f"({statistics.median(rates) / base_served:.2f}x)")
     print("speed-up: median of the per-round ratios to the teacher (best: of the best rounds); samples/s: best "
           "round; agreement, accuracy and routed: on the test split")
     print(f"\nstudent: {dreport.params_after:,} params vs the teacher's {dreport.params_before:,} "
@@ -153,7 +187,8 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "distill": dreport.to_dict(), "calibration": figures.to_dict(),
-                       "rows": rows}, f, indent=2)
+                       "rows": rows, "served_per_s": {k: statistics.median(v) for k, v in served.items()}},
+                      f, indent=2)
     return 0
 
 
