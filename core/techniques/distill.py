@@ -375,3 +375,34 @@ def distill(teacher: Callable, student: nn.Module, data: Any, *, labels: Any = N
         temperature=float(temperature), alpha=float(alpha), train_seconds=seconds)
     bar.close(str(report))
     return student, report
+
+
+def distillation_transform(student: nn.Module, data: Any = None, *, labels: Any = None, samples: int = 2048,
+                           **options: Any) -> Callable[[nn.Module, tuple], nn.Module]:
+    """A model -> model transform (``optimize_report``'s ``Technique.transform``): a copy of ``student``
+    distilled from the model it is given. ``data`` (and ``labels``) are the training inputs; without them,
+    ``samples`` fresh random inputs of the examples' spec, which teaches the student to be faithful to the
+    model on that spread of inputs rather than accurate on a task. The distilled student is made once
+    per teacher and shared by every row that uses the transform; its report is ``transform.reports``."""
+    if not isinstance(student, nn.Module):
+        raise motorpool.InputError(f"student: expected a torch.nn.Module, got {type(student).__name__}",
+                                   input="student", expected="nn.Module", got=type(student).__name__)
+    made: dict[int, tuple[nn.Module, nn.Module]] = {}
+    reports: list[DistillReport] = []
+
+    def transform(model: nn.Module, examples: tuple) -> nn.Module:
+        if id(model) in made and made[id(model)][0] is model:
+            return made[id(model)][1]
+        train = data
+        if train is None:
+            spec = motorpool.InputSpec.from_examples(examples)
+            train = tuple(spec.random_inputs(generator=torch.Generator().manual_seed(11), sizes={"batch": samples}))
+        trained, report = distill(model, copy.deepcopy(student), train, labels=labels,
+                                  **{"progress": False, **options})
+        made[id(model)] = (model, trained)
+        reports.append(report)
+        return trained
+
+    transform.__name__ = "distill"
+    transform.reports = reports  # type: ignore[attr-defined]
+    return transform
