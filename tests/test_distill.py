@@ -155,3 +155,22 @@ def test_bad_inputs_get_clear_errors():
         distill(teacher, student_mlp(), x[:1])
     with pytest.raises(motorpool.InputError, match=r"logits: expected a float tensor \[batch, classes\]"):
         distill(lambda v: v.sum(-1), student_mlp(), x[:10])
+
+
+def test_distillation_transform_makes_one_student_per_teacher_and_leaves_the_given_one_alone():
+    from motorpool.techniques.distill import distillation_transform
+
+    x, y = _train_split()
+    given = student_mlp()
+    before = copy.deepcopy(given.state_dict())
+    transform = distillation_transform(given, x, labels=y, seed=0)
+    made = transform(trained_teacher(), (x[:4],))
+    assert transform(trained_teacher(), (x[:4],)) is made and len(transform.reports) == 1
+    assert made is not given and all(torch.equal(before[k], v) for k, v in given.state_dict().items())
+    assert transform.reports[0].agreement >= 0.9
+    # without data: random inputs of the examples' spec, and the student is faithful to the teacher on them
+    spread = distillation_transform(student_mlp(), samples=512, epochs=20, seed=0)
+    spread(trained_teacher(), (x[:4],))
+    assert spread.reports[0].val_samples == 51 and spread.reports[0].student_accuracy is None
+    with pytest.raises(motorpool.InputError, match=r"student: expected a torch.nn.Module"):
+        distillation_transform("small")
