@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import motorpool
+from ..plugin.errors import InputError
 
 #: the key the figures get, and the one the suite's config records the price under
 COST_KEY = "cost_per_1000_usd"
@@ -30,8 +30,8 @@ PRICE_KEY = "price_per_hour_usd"
 def check_price(price_per_hour: Any, what: str = "price_per_hour") -> float:
     if isinstance(price_per_hour, bool) or not isinstance(price_per_hour, (int, float)) \
             or not math.isfinite(price_per_hour) or price_per_hour <= 0:
-        raise motorpool.InputError(f"{what}: expected a positive price in USD per hour, got {price_per_hour!r}",
-                                   input=what, expected="USD per hour > 0", got=price_per_hour)
+        raise InputError(f"{what}: expected a positive price in USD per hour, got {price_per_hour!r}",
+                         input=what, expected="USD per hour > 0", got=price_per_hour)
     return float(price_per_hour)
 
 
@@ -78,16 +78,16 @@ def load_run(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise motorpool.InputError(f"{path}: no such file; expected a bench.json written by `motorpool bench`",
-                                   input=str(path), expected="bench.json", got="missing") from None
+        raise InputError(f"{path}: no such file; expected a bench.json written by `motorpool bench`",
+                         input=str(path), expected="bench.json", got="missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise motorpool.InputError(f"{path}: not a bench JSON file ({type(exc).__name__}: {exc})",
-                                   input=str(path), expected="bench.json", got=type(exc).__name__) from None
+        raise InputError(f"{path}: not a bench JSON file ({type(exc).__name__}: {exc})",
+                         input=str(path), expected="bench.json", got=type(exc).__name__) from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "machine" not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise motorpool.InputError(f"{path}: not a `motorpool bench` result: expected keys 'results' and "
-                                   f"'machine', got {keys}", input=str(path), expected=["machine", "results"],
-                                   got=keys)
+        raise InputError(f"{path}: not a `motorpool bench` result: expected keys 'results' and "
+                         f"'machine', got {keys}", input=str(path), expected=["machine", "results"],
+                         got=keys)
     data.setdefault("source", str(path))
     return data
 
@@ -201,14 +201,14 @@ def compare(runs: Sequence[Mapping[str, Any]], *, labels: Sequence[str] | None =
     row gives the highest rate that met the p99 bound, the p99 measured at that rate, and its cost.
     """
     if not runs:
-        raise motorpool.InputError("compare: expected at least one bench run, got none", input="runs",
-                                   expected="one or more bench.json", got=0)
+        raise InputError("compare: expected at least one bench run, got none", input="runs",
+                         expected="one or more bench.json", got=0)
     labels = list(labels) if labels else [_letter(i) for i in range(len(runs))]
     prices = list(prices) if prices else [None] * len(runs)
     if len(labels) != len(runs) or len(prices) != len(runs):
-        raise motorpool.InputError(f"compare: {len(runs)} runs need as many labels and prices, got "
-                                   f"{len(labels)} labels and {len(prices)} prices", input="prices",
-                                   expected=len(runs), got=len(prices))
+        raise InputError(f"compare: {len(runs)} runs need as many labels and prices, got "
+                         f"{len(labels)} labels and {len(prices)} prices", input="prices",
+                         expected=len(runs), got=len(prices))
     kept, rows = [], {}
     for i, (run, label, price) in enumerate(zip(runs, labels, prices)):
         price = check_price(price, f"prices[{i}]") if price is not None else \

@@ -31,7 +31,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-import motorpool
+from ..plugin.errors import InputError
+from ..plugin.spec import InputSpec
 
 
 # The built-in measures work in NumPy float64: a batch's logits are small, and torch's intra-op thread pool
@@ -105,24 +106,24 @@ class CascadeCalibration:
 def _inputs(data: Any, what: str) -> tuple[torch.Tensor, ...]:
     items = (data,) if isinstance(data, (torch.Tensor, np.ndarray)) else data
     if not isinstance(items, (tuple, list)) or not items:
-        raise motorpool.InputError(f"{what}: expected a tensor, a NumPy array or a non-empty tuple of them, got "
-                                   f"{type(data).__name__}", input=what, expected="tensor or tuple of tensors",
-                                   got=type(data).__name__)
+        raise InputError(f"{what}: expected a tensor, a NumPy array or a non-empty tuple of them, got "
+                         f"{type(data).__name__}", input=what, expected="tensor or tuple of tensors",
+                         got=type(data).__name__)
     out = []
     for i, x in enumerate(items):
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(np.ascontiguousarray(x))
         if not isinstance(x, torch.Tensor) or x.dim() == 0:
             got = "a scalar" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise motorpool.InputError(f"{what}[{i}]: expected a torch.Tensor or numpy.ndarray with a batch "
-                                       f"dimension, got {got}", input=f"{what}[{i}]", expected="[batch, ...]",
-                                       got=got)
+            raise InputError(f"{what}[{i}]: expected a torch.Tensor or numpy.ndarray with a batch "
+                             f"dimension, got {got}", input=f"{what}[{i}]", expected="[batch, ...]",
+                             got=got)
         out.append(x)
     rows = {int(x.shape[0]) for x in out}
     if len(rows) != 1 or rows == {0}:
-        raise motorpool.InputError(f"{what}: expected every input to hold the same, non-zero number of samples, "
-                                   f"got {[int(x.shape[0]) for x in out]}", input=what,
-                                   expected="equal non-zero rows", got=sorted(rows))
+        raise InputError(f"{what}: expected every input to hold the same, non-zero number of samples, "
+                         f"got {[int(x.shape[0]) for x in out]}", input=what,
+                         expected="equal non-zero rows", got=sorted(rows))
     return tuple(out)
 
 
@@ -145,31 +146,31 @@ class Cascade:
                  threshold: float = 0.5, *, output: int | str = 0, example_inputs: Any = None):
         for label, model in (("fast", fast), ("accurate", accurate)):
             if not callable(model):
-                raise motorpool.InputError(f"{label}: expected an engine or nn.Module called like the model, got "
-                                           f"{type(model).__name__}", input=label, expected="callable",
-                                           got=type(model).__name__)
+                raise InputError(f"{label}: expected an engine or nn.Module called like the model, got "
+                                 f"{type(model).__name__}", input=label, expected="callable",
+                                 got=type(model).__name__)
             if isinstance(model, nn.Module):
                 model.eval()
         if isinstance(confidence, str):
             if confidence not in CONFIDENCES:
-                raise motorpool.InputError(f"confidence={confidence!r}: unknown measure. Choose one of: "
-                                           f"{', '.join(CONFIDENCES)}, or pass a callable(logits) -> confidences",
-                                           input="confidence", expected=list(CONFIDENCES), got=confidence)
+                raise InputError(f"confidence={confidence!r}: unknown measure. Choose one of: "
+                                 f"{', '.join(CONFIDENCES)}, or pass a callable(logits) -> confidences",
+                                 input="confidence", expected=list(CONFIDENCES), got=confidence)
             self._measure, self.confidence_name = CONFIDENCES[confidence], confidence
         elif callable(confidence):
             self._measure = confidence
             self.confidence_name = getattr(confidence, "__name__", type(confidence).__name__)
         else:
-            raise motorpool.InputError(f"confidence: expected one of {', '.join(CONFIDENCES)} or a callable, got "
-                                       f"{type(confidence).__name__}", input="confidence",
-                                       expected=list(CONFIDENCES), got=type(confidence).__name__)
+            raise InputError(f"confidence: expected one of {', '.join(CONFIDENCES)} or a callable, got "
+                             f"{type(confidence).__name__}", input="confidence",
+                             expected=list(CONFIDENCES), got=type(confidence).__name__)
         self.fast, self.accurate = fast, accurate
         self.output = output
         self.threshold = threshold  # checked by the setter
         self._spec = getattr(fast, "input_spec", None) or getattr(accurate, "input_spec", None)
         self._check_own = self._spec is None
         if self._spec is None and example_inputs is not None:
-            self._spec = motorpool.InputSpec.from_examples(_inputs(example_inputs, "example_inputs"))
+            self._spec = InputSpec.from_examples(_inputs(example_inputs, "example_inputs"))
         self._lock = threading.Lock()
         self._calls = self._samples = self._routed = 0
 
@@ -189,9 +190,9 @@ class Cascade:
     @threshold.setter
     def threshold(self, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise motorpool.InputError(f"threshold: expected a number in [0, 1] (0 routes nothing, 1 routes "
-                                       f"everything), got {value!r}", input="threshold", expected="[0, 1]",
-                                       got=value)
+            raise InputError(f"threshold: expected a number in [0, 1] (0 routes nothing, 1 routes "
+                             f"everything), got {value!r}", input="threshold", expected="[0, 1]",
+                             got=value)
         self._threshold = float(value)
 
     def __call__(self, *inputs: Any) -> Any:
@@ -275,34 +276,34 @@ class Cascade:
         threshold routes more samples the fewer there are to judge from. None uses the figures as measured.
         """
         if target_agreement is not None and target_accuracy is not None:
-            raise motorpool.InputError("calibrate: give target_agreement or target_accuracy, not both",
-                                       input="target_accuracy", expected="one target", got="both")
+            raise InputError("calibrate: give target_agreement or target_accuracy, not both",
+                             input="target_accuracy", expected="one target", got="both")
         if target_accuracy is not None and labels is None:
-            raise motorpool.InputError("calibrate: target_accuracy needs labels=", input="labels",
-                                       expected="class indices [N]", got=None)
+            raise InputError("calibrate: target_accuracy needs labels=", input="labels",
+                             expected="class indices [N]", got=None)
         if confidence_level is not None and (isinstance(confidence_level, bool) or not isinstance(
                 confidence_level, (int, float)) or not 0.5 <= confidence_level < 1.0):
-            raise motorpool.InputError(f"confidence_level: expected a probability in [0.5, 1) or None, got "
-                                       f"{confidence_level!r}", input="confidence_level", expected="[0.5, 1)",
-                                       got=confidence_level)
+            raise InputError(f"confidence_level: expected a probability in [0.5, 1) or None, got "
+                             f"{confidence_level!r}", input="confidence_level", expected="[0.5, 1)",
+                             got=confidence_level)
         target_name = "accuracy" if target_accuracy is not None else "agreement"
         target = target_accuracy if target_accuracy is not None else (
             0.99 if target_agreement is None else target_agreement)
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target <= 1.0:
-            raise motorpool.InputError(f"target_{target_name}: expected a fraction in (0, 1], got {target!r}",
-                                       input=f"target_{target_name}", expected="(0, 1]", got=target)
+            raise InputError(f"target_{target_name}: expected a fraction in (0, 1], got {target!r}",
+                             input=f"target_{target_name}", expected="(0, 1]", got=target)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise motorpool.InputError(f"batch_size: expected a positive int, got {batch_size!r}",
-                                       input="batch_size", expected="positive int", got=batch_size)
+            raise InputError(f"batch_size: expected a positive int, got {batch_size!r}",
+                             input="batch_size", expected="positive int", got=batch_size)
         tensors = _inputs(data, "data")
         rows = int(tensors[0].shape[0])
         truth = None
         if labels is not None:
             truth = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels)
             if truth.dim() != 1 or truth.shape[0] != rows or truth.dtype.is_floating_point:
-                raise motorpool.InputError(f"labels: expected {rows} integer class indices (one per sample), got "
-                                           f"{truth.dtype} {list(truth.shape)}", input="labels",
-                                           expected=f"int [{rows}]", got=list(truth.shape))
+                raise InputError(f"labels: expected {rows} integer class indices (one per sample), got "
+                                 f"{truth.dtype} {list(truth.shape)}", input="labels",
+                                 expected=f"int [{rows}]", got=list(truth.shape))
         conf, fast_top, accurate_top = [], [], []
         for start in range(0, rows, batch_size):
             part = tuple(x[start:start + batch_size] for x in tensors)
@@ -330,10 +331,10 @@ class Cascade:
         if not bool(ok.any()):
             best = float(torch.where(valid, judged, torch.full_like(judged, -1.0)).max())
             bound = "" if confidence_level is None else f" (its {confidence_level:g} lower bound)"
-            raise motorpool.InputError(
-                f"target_{target_name}={target:g} cannot be met on these {rows} samples: the best the cascade "
-                f"reaches{bound} is {best:.4f} (measured: fast alone {float(score[0]):.4f}, accurate alone "
-                f"{float(score[rows]):.4f})", input=f"target_{target_name}", expected=f"<= {best:.4f}", got=target)
+            raise InputError(
+      f"target_{target_name}={target:g} cannot be met on these {rows} samples: the best the cascade "
+      f"reaches{bound} is {best:.4f} (measured: fast alone {float(score[0]):.4f}, accurate alone "
+      f"{float(score[rows]):.4f})", input=f"target_{target_name}", expected=f"<= {best:.4f}", got=target)
         k = int(torch.nonzero(ok)[0])
         if k == 0:
             threshold = 0.0
@@ -367,25 +368,25 @@ class Cascade:
         which = self.output
         if isinstance(out, (tuple, list)):
             if not isinstance(which, int) or not -len(out) <= which < len(out):
-                raise motorpool.InputError(f"output={which!r}: the model returns {len(out)} outputs; expected "
-                                           f"an index in 0..{len(out) - 1}", input="output",
-                                           expected=f"0..{len(out) - 1}", got=which)
+                raise InputError(f"output={which!r}: the model returns {len(out)} outputs; expected "
+                                 f"an index in 0..{len(out) - 1}", input="output",
+                                 expected=f"0..{len(out) - 1}", got=which)
             out = out[which]
         elif isinstance(out, dict):
             keys = list(out)
             key = which if which in out else (keys[which] if isinstance(which, int) and -len(keys) <= which
                                               < len(keys) else None)
             if key is None:
-                raise motorpool.InputError(f"output={which!r}: the model returns outputs {keys}; expected one "
-                                           "of those keys or an index", input="output", expected=keys, got=which)
+                raise InputError(f"output={which!r}: the model returns outputs {keys}; expected one "
+                                 "of those keys or an index", input="output", expected=keys, got=which)
             out = out[key]
         if isinstance(out, np.ndarray):
             out = torch.from_numpy(out)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != rows or out.shape[1] < 2 \
                 or not out.dtype.is_floating_point:
             got = f"{out.dtype} {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-            raise motorpool.InputError(f"the fast model's logits: expected a float tensor [{rows}, classes>=2], "
-                                       f"got {got}", input="output", expected=f"[{rows}, classes]", got=got)
+            raise InputError(f"the fast model's logits: expected a float tensor [{rows}, classes>=2], "
+                             f"got {got}", input="output", expected=f"[{rows}, classes]", got=got)
         return out
 
     def _confidence(self, out: Any, rows: int) -> torch.Tensor:
@@ -393,14 +394,14 @@ class Cascade:
         conf = self._measure(logits)
         conf = torch.as_tensor(np.asarray(conf) if isinstance(conf, (list, np.ndarray)) else conf)
         if conf.shape != (rows,) or not (conf.dtype.is_floating_point or conf.dtype == torch.bool):
-            raise motorpool.InputError(f"confidence {self.confidence_name!r}: expected {rows} numbers (one per "
-                                       f"sample), got {conf.dtype} {list(conf.shape)}", input="confidence",
-                                       expected=[rows], got=list(conf.shape))
+            raise InputError(f"confidence {self.confidence_name!r}: expected {rows} numbers (one per "
+                             f"sample), got {conf.dtype} {list(conf.shape)}", input="confidence",
+                             expected=[rows], got=list(conf.shape))
         conf = conf.double().cpu()
         if not bool(((conf >= 0) & (conf <= 1)).all()):  # also false for NaN
             bad = conf[~((conf >= 0) & (conf <= 1))][:3].tolist()
-            raise motorpool.InputError(f"confidence {self.confidence_name!r}: expected values in [0, 1], got "
-                                       f"{bad}", input="confidence", expected="[0, 1]", got=bad)
+            raise InputError(f"confidence {self.confidence_name!r}: expected values in [0, 1], got "
+                             f"{bad}", input="confidence", expected="[0, 1]", got=bad)
         return conf
 
 
@@ -430,9 +431,9 @@ def _merge(fast_out: Any, accurate_out: Any, index: torch.Tensor) -> Any:
     fast_leaves, tree = pytree.tree_flatten(fast_out)
     accurate_leaves, accurate_tree = pytree.tree_flatten(accurate_out)
     if tree != accurate_tree:
-        raise motorpool.InputError(f"the accurate model's outputs ({accurate_tree}) do not have the fast model's "
-                                   f"structure ({tree})", input="accurate", expected=str(tree),
-                                   got=str(accurate_tree))
+        raise InputError(f"the accurate model's outputs ({accurate_tree}) do not have the fast model's "
+                         f"structure ({tree})", input="accurate", expected=str(tree),
+                         got=str(accurate_tree))
     merged = [_merge_leaf(i, f, a, index) for i, (f, a) in enumerate(zip(fast_leaves, accurate_leaves))]
     return pytree.tree_unflatten(merged, tree)
 
@@ -442,10 +443,10 @@ def _merge_leaf(i: int, f: Any, a: Any, index: torch.Tensor) -> torch.Tensor:
     a = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
     if not isinstance(f, torch.Tensor) or not isinstance(a, torch.Tensor) or f.dim() == 0 \
             or a.shape[1:] != f.shape[1:] or a.shape[0] != index.numel():
-        raise motorpool.InputError(
-            f"output {i}: the accurate model gave {list(getattr(a, 'shape', []))} for {index.numel()} routed "
-            f"samples; expected [{index.numel()}, {', '.join(map(str, f.shape[1:]))}] like the fast model's",
-            input=f"output {i}", expected=[index.numel(), *f.shape[1:]], got=list(getattr(a, "shape", [])))
+        raise InputError(
+  f"output {i}: the accurate model gave {list(getattr(a, 'shape', []))} for {index.numel()} routed "
+  f"samples; expected [{index.numel()}, {', '.join(map(str, f.shape[1:]))}] like the fast model's",
+  input=f"output {i}", expected=[index.numel(), *f.shape[1:]], got=list(getattr(a, "shape", [])))
     out = f.to(torch.promote_types(f.dtype, a.dtype), copy=True)
     out[index.to(out.device)] = a.to(out.device, out.dtype)
     return out

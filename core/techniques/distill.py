@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import motorpool
+from ..plugin.errors import InputError, MotorpoolError
+from ..plugin.spec import InputSpec
 
 
 @dataclass
@@ -111,30 +112,30 @@ def _as_inputs(data: Any, what: str) -> tuple[torch.Tensor, ...]:
     """One tensor/array, or a tuple/list of them (one per model input), all with the same number of rows."""
     items = (data,) if isinstance(data, (torch.Tensor, np.ndarray)) else data
     if not isinstance(items, (tuple, list)) or not items:
-        raise motorpool.InputError(
-            f"{what}: expected a tensor, a NumPy array or a non-empty tuple of them (one per model input), "
-            f"got {type(data).__name__}", input=what, expected="tensor or tuple of tensors",
-            got=type(data).__name__)
+        raise InputError(
+  f"{what}: expected a tensor, a NumPy array or a non-empty tuple of them (one per model input), "
+  f"got {type(data).__name__}", input=what, expected="tensor or tuple of tensors",
+  got=type(data).__name__)
     out = []
     for i, x in enumerate(items):
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(np.ascontiguousarray(x))
         if not isinstance(x, torch.Tensor):
-            raise motorpool.InputError(f"{what}[{i}]: expected a torch.Tensor or numpy.ndarray, got "
-                                       f"{type(x).__name__}", input=f"{what}[{i}]", expected="Tensor",
-                                       got=type(x).__name__)
+            raise InputError(f"{what}[{i}]: expected a torch.Tensor or numpy.ndarray, got "
+                             f"{type(x).__name__}", input=f"{what}[{i}]", expected="Tensor",
+                             got=type(x).__name__)
         if x.dim() == 0:
-            raise motorpool.InputError(f"{what}[{i}]: expected a batch of samples (rank >= 1), got a scalar",
-                                       input=f"{what}[{i}]", expected="rank >= 1", got=0)
+            raise InputError(f"{what}[{i}]: expected a batch of samples (rank >= 1), got a scalar",
+                             input=f"{what}[{i}]", expected="rank >= 1", got=0)
         out.append(x)
     rows = {int(x.shape[0]) for x in out}
     if len(rows) != 1:
-        raise motorpool.InputError(f"{what}: every input needs the same number of rows (samples), got "
-                                   f"{[int(x.shape[0]) for x in out]}", input=what, expected="equal rows",
-                                   got=sorted(rows))
+        raise InputError(f"{what}: every input needs the same number of rows (samples), got "
+                         f"{[int(x.shape[0]) for x in out]}", input=what, expected="equal rows",
+                         got=sorted(rows))
     if rows == {0}:
-        raise motorpool.InputError(f"{what}: no samples (0 rows)", input=what, expected="at least 1 sample",
-                                   got=0)
+        raise InputError(f"{what}: no samples (0 rows)", input=what, expected="at least 1 sample",
+                         got=0)
     return tuple(out)
 
 
@@ -142,16 +143,16 @@ def _as_labels(labels: Any, rows: int) -> torch.Tensor:
     if isinstance(labels, np.ndarray):
         labels = torch.from_numpy(labels)
     if not isinstance(labels, torch.Tensor):
-        raise motorpool.InputError(f"labels: expected a tensor or NumPy array of class indices, got "
-                                   f"{type(labels).__name__}", input="labels", expected="Tensor",
-                                   got=type(labels).__name__)
+        raise InputError(f"labels: expected a tensor or NumPy array of class indices, got "
+                         f"{type(labels).__name__}", input="labels", expected="Tensor",
+                         got=type(labels).__name__)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() != 1:
-        raise motorpool.InputError(f"labels: expected a 1-d integer tensor of class indices, got dtype "
-                                   f"{labels.dtype} shape {list(labels.shape)}", input="labels",
-                                   expected="int [N]", got=f"{labels.dtype} {list(labels.shape)}")
+        raise InputError(f"labels: expected a 1-d integer tensor of class indices, got dtype "
+                         f"{labels.dtype} shape {list(labels.shape)}", input="labels",
+                         expected="int [N]", got=f"{labels.dtype} {list(labels.shape)}")
     if labels.shape[0] != rows:
-        raise motorpool.InputError(f"labels: expected {rows} labels (one per sample of data), got "
-                                   f"{labels.shape[0]}", input="labels", expected=rows, got=int(labels.shape[0]))
+        raise InputError(f"labels: expected {rows} labels (one per sample of data), got "
+                         f"{labels.shape[0]}", input="labels", expected=rows, got=int(labels.shape[0]))
     return labels.long()
 
 
@@ -159,25 +160,25 @@ def logits_of(output: Any, which: int | str, model: str) -> torch.Tensor:
     """The logits among a model's outputs: the output itself, or ``output[which]`` of a tuple/list/dict."""
     if isinstance(output, (tuple, list)):
         if not isinstance(which, int) or not -len(output) <= which < len(output):
-            raise motorpool.InputError(f"output={which!r}: the {model} returns {len(output)} outputs; expected "
-                                       f"an index in 0..{len(output) - 1}", input="output",
-                                       expected=f"0..{len(output) - 1}", got=which)
+            raise InputError(f"output={which!r}: the {model} returns {len(output)} outputs; expected "
+                             f"an index in 0..{len(output) - 1}", input="output",
+                             expected=f"0..{len(output) - 1}", got=which)
         output = output[which]
     elif isinstance(output, dict):
         key = which if which in output else (list(output)[which] if isinstance(which, int)
                                              and -len(output) <= which < len(output) else None)
         if key is None:
-            raise motorpool.InputError(f"output={which!r}: the {model} returns outputs {list(output)}; "
-                                       "expected one of those keys or an index", input="output",
-                                       expected=list(output), got=which)
+            raise InputError(f"output={which!r}: the {model} returns outputs {list(output)}; "
+                             "expected one of those keys or an index", input="output",
+                             expected=list(output), got=which)
         output = output[key]
     if isinstance(output, np.ndarray):
         output = torch.from_numpy(output)
     if not isinstance(output, torch.Tensor) or output.dim() != 2 or not output.dtype.is_floating_point:
         got = (f"{output.dtype} {list(output.shape)}" if isinstance(output, torch.Tensor)
                else type(output).__name__)
-        raise motorpool.InputError(f"the {model}'s logits: expected a float tensor [batch, classes], got {got}",
-                                   input=model, expected="[batch, classes]", got=got)
+        raise InputError(f"the {model}'s logits: expected a float tensor [batch, classes], got {got}",
+                         input=model, expected="[batch, classes]", got=got)
     return output
 
 
@@ -225,8 +226,8 @@ def _check_number(name: str, value: Any, *, low: float, high: float | None = Non
     ok = ok and (high is None or value <= high)
     if not ok:
         bound = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
-        raise motorpool.InputError(f"{name}: expected {'an int' if integer else 'a number'} {bound}, got "
-                                   f"{value!r}", input=name, expected=bound, got=value)
+        raise InputError(f"{name}: expected {'an int' if integer else 'a number'} {bound}, got "
+                         f"{value!r}", input=name, expected=bound, got=value)
 
 
 # -- the technique ------------------------------------------------------------------------------------------
@@ -252,15 +253,15 @@ def distill(teacher: Callable, student: nn.Module, data: Any, *, labels: Any = N
     - ``seed``: the split, the shuffling and the student's randomness (dropout); the global RNG is untouched.
     """
     if not isinstance(student, nn.Module):
-        raise motorpool.InputError(f"student: expected a torch.nn.Module to train, got {type(student).__name__}",
-                                   input="student", expected="nn.Module", got=type(student).__name__)
+        raise InputError(f"student: expected a torch.nn.Module to train, got {type(student).__name__}",
+                         input="student", expected="nn.Module", got=type(student).__name__)
     if not callable(teacher):
-        raise motorpool.InputError(f"teacher: expected an nn.Module or an engine called like the model, got "
-                                   f"{type(teacher).__name__}", input="teacher", expected="callable",
-                                   got=type(teacher).__name__)
+        raise InputError(f"teacher: expected an nn.Module or an engine called like the model, got "
+                         f"{type(teacher).__name__}", input="teacher", expected="callable",
+                         got=type(teacher).__name__)
     if teacher is student:
-        raise motorpool.InputError("teacher and student are the same object; pass a separate student",
-                                   input="student", expected="a different module", got="the teacher")
+        raise InputError("teacher and student are the same object; pass a separate student",
+                         input="student", expected="a different module", got="the teacher")
     _check_number("epochs", epochs, low=1, integer=True)
     _check_number("batch_size", batch_size, low=1, integer=True)
     _check_number("patience", patience, low=1, integer=True)
@@ -287,10 +288,10 @@ def distill(teacher: Callable, student: nn.Module, data: Any, *, labels: Any = N
     if targets is not None:
         targets = targets.to(device)
         if int(targets.min()) < 0 or int(targets.max()) >= classes:
-            raise motorpool.InputError(f"labels: expected class indices in 0..{classes - 1} (the teacher has "
-                                       f"{classes} outputs), got {int(targets.min())}..{int(targets.max())}",
-                                       input="labels", expected=f"0..{classes - 1}",
-                                       got=(int(targets.min()), int(targets.max())))
+            raise InputError(f"labels: expected class indices in 0..{classes - 1} (the teacher has "
+                             f"{classes} outputs), got {int(targets.min())}..{int(targets.max())}",
+                             input="labels", expected=f"0..{classes - 1}",
+                             got=(int(targets.min()), int(targets.max())))
 
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(rows, generator=generator)
@@ -298,9 +299,9 @@ def distill(teacher: Callable, student: nn.Module, data: Any, *, labels: Any = N
     if val_fraction > 0:
         n_val = max(1, n_val)
         if rows - n_val < 1:
-            raise motorpool.InputError(f"data: {rows} sample(s) cannot be split into training and held-out "
-                                       f"parts (val_fraction={val_fraction}); give more data or val_fraction=0",
-                                       input="data", expected="at least 2 samples", got=rows)
+            raise InputError(f"data: {rows} sample(s) cannot be split into training and held-out "
+                             f"parts (val_fraction={val_fraction}); give more data or val_fraction=0",
+                             input="data", expected="at least 2 samples", got=rows)
     val_idx, train_idx = order[:n_val], order[n_val:]
     eval_idx = val_idx if n_val else train_idx
 
@@ -308,9 +309,9 @@ def distill(teacher: Callable, student: nn.Module, data: Any, *, labels: Any = N
     with torch.no_grad():
         probe = logits_of(student(*_rows(inputs, eval_idx[:2])), output, "student")
     if probe.shape[1] != classes:
-        raise motorpool.InputError(f"student: outputs {probe.shape[1]} classes but the teacher outputs {classes}; "
-                                   "their logits must have the same shape", input="student",
-                                   expected=[probe.shape[0], classes], got=list(probe.shape))
+        raise InputError(f"student: outputs {probe.shape[1]} classes but the teacher outputs {classes}; "
+                         "their logits must have the same shape", input="student",
+                         expected=[probe.shape[0], classes], got=list(probe.shape))
 
     def evaluate() -> tuple[float, torch.Tensor]:
         student.eval()
@@ -337,8 +338,8 @@ def distill(teacher: Callable, student: nn.Module, data: Any, *, labels: Any = N
                 got = logits_of(student(*_rows(inputs, idx)), output, "student").float()
                 loss = _loss(got, soft_targets[idx], None if targets is None else targets[idx], temperature, alpha)
                 if not torch.isfinite(loss):
-                    raise motorpool.MotorpoolError(f"distillation diverged at epoch {epoch} (loss {float(loss)}); "
-                                                   f"try a smaller lr than {lr:g}")
+                    raise MotorpoolError(f"distillation diverged at epoch {epoch} (loss {float(loss)}); "
+                                         f"try a smaller lr than {lr:g}")
                 loss.backward()
                 optimizer.step()
             if n_val:
@@ -385,8 +386,8 @@ def distillation_transform(student: nn.Module, data: Any = None, *, labels: Any 
     model on that spread of inputs rather than accurate on a task. The distilled student is made once
     per teacher and shared by every row that uses the transform; its report is ``transform.reports``."""
     if not isinstance(student, nn.Module):
-        raise motorpool.InputError(f"student: expected a torch.nn.Module, got {type(student).__name__}",
-                                   input="student", expected="nn.Module", got=type(student).__name__)
+        raise InputError(f"student: expected a torch.nn.Module, got {type(student).__name__}",
+                         input="student", expected="nn.Module", got=type(student).__name__)
     made: dict[int, tuple[nn.Module, nn.Module]] = {}
     reports: list[DistillReport] = []
 
@@ -395,7 +396,7 @@ def distillation_transform(student: nn.Module, data: Any = None, *, labels: Any 
             return made[id(model)][1]
         train = data
         if train is None:
-            spec = motorpool.InputSpec.from_examples(examples)
+            spec = InputSpec.from_examples(examples)
             train = tuple(spec.random_inputs(generator=torch.Generator().manual_seed(11), sizes={"batch": samples}))
         trained, report = distill(model, copy.deepcopy(student), train, labels=labels,
                                   **{"progress": False, **options})
