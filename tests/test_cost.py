@@ -77,3 +77,75 @@ def test_bad_runs_get_clear_errors(tmp_path):
         load_run(tmp_path / "y.json")
     with pytest.raises(motorpool.InputError, match=r"at least one"):
         compare([])
+
+
+MODEL = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval(), (torch.randn(2, 16),)
+'''
+
+
+@pytest.fixture
+def factory(tmp_path, monkeypatch):
+    (tmp_path / "mp_cost_model.py").write_text(MODEL)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "mp_cost_model:build"
+
+
+def test_bench_cli_price_per_hour_adds_cost_to_table_json_markdown_and_chart(factory, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="motorpool bench needs the bench extra: pip install 'motorpool[bench]'")
+    from motorpool.cli import main
+
+    out = tmp_path / "priced"
+    code = main(["bench", factory, "--backends", "eager", "--batch-sizes", "1,4", "--time-budget", "0.1",
+                 "--no-load", "--out", str(out), "--no-progress", "--price-per-hour", "0.72"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "$/1000 offline" in printed
+    data = json.loads((out / "bench.json").read_text())
+    assert data["config"]["price_per_hour_usd"] == 0.72
+    for b in data["results"][0]["batches"]:
+        assert b["offline"]["cost_per_1000_usd"] == pytest.approx(0.72 / 3600 / b["offline"]["throughput_per_s"]
+                                                                  * 1000)
+    md = (out / "bench.md").read_text()
+    assert "| $/1000 offline |" in md and "price $0.72 per hour" in md
+    assert (out / "bench.png").stat().st_size > 10_000
+
+    # a second "machine": the same run at another price, then both side by side
+    other = tmp_path / "other"
+    assert main(["bench", factory, "--backends", "eager", "--batch-sizes", "1,4", "--time-budget", "0.1",
+                 "--no-load", "--out", str(other), "--no-progress"]) == 0
+    capsys.readouterr()
+    code = main(["bench", "compare", str(out / "bench.json"), str(other / "bench.json"), "--price-per-hour",
+                 "0.72,3.0", "--out", str(tmp_path / "cmp")])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "priced $/1000" in text and "other p99 ms" in text and "cheapest per 1000 inferences" in text
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["price_per_hour_usd"] for r in cmp["runs"]] == [0.72, 3.0]
+    assert {(r["backend"], r["batch"]) for r in cmp["rows"]} == {("eager", "1"), ("eager", "4")}
+    assert (tmp_path / "cmp" / "compare.md").read_text().startswith("# motorpool bench compare")
+
+
+def test_bench_cli_usage_errors_exit_2(factory, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="motorpool bench needs the bench extra: pip install 'motorpool[bench]'")
+    from motorpool.cli import main
+
+    assert main(["bench", factory, "--backends", "eager", "--price-per-hour", "free", "--no-progress"]) == 2
+    assert "--price-per-hour: expected one positive price" in capsys.readouterr().err
+    assert main(["bench", "compare"]) == 2
+    assert "expected one or more bench.json" in capsys.readouterr().err
+    assert main(["bench", "compare", str(tmp_path / "nope.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "a.json").write_text(json.dumps({"machine": {}, "results": []}))
+    assert main(["bench", "compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--price-per-hour",
+                 "1,2,3"]) == 2
+    assert "or 2 comma-separated, one per run" in capsys.readouterr().err
+    assert main(["bench", factory, "extra.json"]) == 2
+    assert "unexpected arguments" in capsys.readouterr().err

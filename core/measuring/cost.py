@@ -149,7 +149,7 @@ class Comparison:
                     line += ["-", "-", "-"]
                 else:
                     line += [_num(f.throughput_per_s, "{:,.0f}"), _num(f.p99_ms, "{:.3f}"),
-                             _num(f.cost_per_1000_usd, "{:.6f}")]
+                             _num(f.cost_per_1000_usd, "{:.3g}")]
             body.append(line)
         return head, body
 
@@ -168,7 +168,7 @@ class Comparison:
         if "cheapest" in best:
             b = best["cheapest"]
             lines.append(f"cheapest per 1000 inferences: {b['run']} {b['backend']} {b['precision']} batch "
-                         f"{b['batch']} (${b['cost_per_1000_usd']:.6f})")
+                         f"{b['batch']} (${b['cost_per_1000_usd']:.3g})")
         return lines
 
     def table(self) -> str:
