@@ -174,3 +174,78 @@ def test_distillation_transform_makes_one_student_per_teacher_and_leaves_the_giv
     assert spread.reports[0].val_samples == 51 and spread.reports[0].student_accuracy is None
     with pytest.raises(motorpool.InputError, match=r"student: expected a torch.nn.Module"):
         distillation_transform("small")
+
+
+def test_optimize_report_lists_distillation_compiled_and_gated_like_every_technique():
+    pytest.importorskip("onnxruntime", reason="needs the onnxruntime extra: pip install 'motorpool[onnxruntime]'")
+    from motorpool.measuring.technique_report import default_techniques, optimize_report
+
+    x, y = _train_split()
+    x_test, y_test = _digits.held_out("mlp")
+    chosen = [t for t in default_techniques() if "baseline" in t.name or t.name == "onnxruntime"]
+    assert {t.backend for t in chosen} == {"eager", "onnxruntime"}
+    report = motorpool.optimize_report(trained_teacher(), (x_test[:32],), data=[x_test], labels=[y_test],
+                                       techniques=chosen, budget_s=0.3, batching=None, student=student_mlp(),
+                                       distill_data=x, distill_labels=y, distill_options={"seed": 0})
+    rows = {r.technique: r for r in report.rows}
+    distilled = [name for name in rows if name.startswith("distilled student")]
+    assert sorted(distilled) == ["distilled student, eager", "distilled student, int8 dynamic eager",
+                                 "distilled student, int8 dynamic onnxruntime", "distilled student, onnxruntime"]
+    for name in distilled:
+        row = rows[name]
+        assert row.status == "ok", (name, row.reason)
+        assert row.metric == "accuracy" and row.score >= 0.93 and row.p50_ms > 0 and row.size_bytes
+        assert row.drop == pytest.approx(rows["eager eval+inference_mode (baseline)"].score - row.score, abs=1e-9)
+    # the student (a tenth of the teacher) is smaller on disk than the teacher's engine
+    assert rows["distilled student, onnxruntime"].size_bytes < rows["onnxruntime"].size_bytes
+    assert "agreement with the teacher" in report.extras["distillation"]
+    assert "distilled student, onnxruntime" in report.table()
+
+
+CLI_MODELS = '''
+import torch
+from torch import nn
+
+
+def teacher():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 128), nn.ReLU(), nn.Linear(128, 5)).eval(), (torch.randn(4, 16),)
+
+
+def student():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5)), (torch.randn(4, 16),)
+
+
+def wrong_classes():
+    return nn.Linear(16, 3), (torch.randn(4, 16),)
+'''
+
+
+def test_cli_optimize_student_adds_the_distillation_rows(tmp_path, monkeypatch, capsys):
+    import json
+
+    from motorpool.cli import main
+
+    (tmp_path / "mp_distill_models.py").write_text(CLI_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["optimize", "mp_distill_models:teacher", "--student", "mp_distill_models:student",
+                 "--techniques", "baseline,int8 dynamic eager", "--budget", "0.3", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = {r["technique"]: r for r in data["rows"]}
+    assert set(rows) == {"eager eval+inference_mode (baseline)", "int8 dynamic eager",
+                         "distilled student, int8 dynamic eager"}
+    row = rows["distilled student, int8 dynamic eager"]
+    assert row["status"] == "ok" and row["metric"] == "top1_agreement" and row["score"] > 0.5
+    assert "params 2,821 -> 269" in data["extras"]["distillation"]
+
+    assert main(["optimize", "mp_distill_models:teacher", "--student", "mp_distill_models:nope"]) == 2
+    assert "--student" in capsys.readouterr().err
+    # a student whose outputs do not match is that row's reason, not a crash
+    assert main(["optimize", "mp_distill_models:teacher", "--student", "mp_distill_models:wrong_classes",
+                 "--techniques", "baseline,int8 dynamic eager", "--budget", "0.2", "--json"]) == 0
+    rows = {r["technique"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    bad = rows["distilled student, int8 dynamic eager"]
+    assert bad["status"] == "failed" and "3 classes but the teacher outputs 5" in bad["reason"]
