@@ -10,9 +10,12 @@ from typing import Any
 
 from ..engine.artifact_cache import format_size
 from .benchmark import BenchResult, BenchSuite
+from .cost import COST_KEY, PRICE_KEY
 
 COLUMNS = ("backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "stable", "offline /s", "compile s",
            "load s", "1st call s", "peak RSS MiB", "artifact")
+#: the column a priced run adds (``motorpool bench --price-per-hour``): offline cost per 1000 inferences
+COST_COLUMN = "$/1000 offline"
 
 
 def _ms(x: float | None) -> str:
@@ -31,12 +34,28 @@ def _size(n: int | None) -> str:
     return format_size(n)
 
 
+def priced(suite: BenchSuite) -> float | None:
+    """The machine's price per hour (USD) the run was given, or None."""
+    return (suite.config or {}).get(PRICE_KEY)
+
+
+def columns(suite: BenchSuite) -> tuple[str, ...]:
+    """The table's columns: :data:`COLUMNS`, plus the offline cost per 1000 inferences when priced."""
+    return COLUMNS + (COST_COLUMN,) if priced(suite) else COLUMNS
+
+
+def _cost(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3g}"  # tiny models cost fractions of a cent
+
+
 def rows(suite: BenchSuite) -> list[list[str]]:
     """The table's rows as strings: one per engine and batch size; engine-wide figures on its first row."""
     out = []
+    with_cost = bool(priced(suite))
     for r in suite.results:
         if r.status != "ok":
-            out.append([r.backend, r.precision, "-", r.status, "", "", "", "", "", "", "", "", _short(r.reason)])
+            out.append([r.backend, r.precision, "-", r.status, "", "", "", "", "", "", "", "", _short(r.reason)]
+                       + ([""] if with_cost else []))
             continue
         for i, b in enumerate(r.batches):
             ss, off = b.single_stream or {}, b.offline or {}
@@ -49,7 +68,7 @@ def rows(suite: BenchSuite) -> list[list[str]]:
                 _s(r.compile_time_s) if first else "", _s(r.load_time_s) if first else "",
                 _s(r.first_call_s) if first else "", f"{r.peak_rss_mb:.0f}" if first and r.peak_rss_mb else "",
                 _size(r.artifact_bytes) if first else "",
-            ])
+            ] + ([_cost(off.get(COST_KEY))] if with_cost else []))
     return out
 
 
@@ -71,7 +90,9 @@ def server_lines(suite: BenchSuite) -> list[str]:
         else:
             lines.append(f"{r.label}: server: {s['max_rate_per_s']:.0f} queries/s at p99 <= {s['p99_bound_ms']:.3g} ms "
                          f"(dynamic batcher, max batch {s['max_batch_size']}, max delay {s['max_delay_ms']} ms; "
-                         f"{len(s['trials'])} trials)" + (f"; {s['note']}" if s.get("note") else ""))
+                         f"{len(s['trials'])} trials)"
+                         + (f"; ${s[COST_KEY]:.3g} per 1000 inferences at that rate" if s.get(COST_KEY) else "")
+                         + (f"; {s['note']}" if s.get("note") else ""))
     return lines
 
 
@@ -94,7 +115,7 @@ def rich_table(suite: BenchSuite):
 
     table = Table(title=f"motorpool bench: {suite.model}", caption=suite.machine.get("summary", ""),
                   title_justify="left", caption_justify="left")
-    for c in COLUMNS:
+    for c in columns(suite):
         table.add_column(c, justify="left" if c in ("backend", "precision", "stable") else "right",
                          overflow="fold")
     for row in rows(suite):
@@ -132,9 +153,13 @@ def to_markdown(suite: BenchSuite) -> str:
              f"torch {suite.machine.get('torch')}, motorpool {suite.machine.get('motorpool')}",
              f"- scenarios: {', '.join(cfg.get('scenarios', []))}; batch sizes {cfg.get('batch_sizes')}; "
              f"time budget {cfg.get('time_budget_s')} s per scenario and batch size",
-             f"- measured {suite.created}", "",
-             "| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join("---" if c in ("backend", "precision", "stable") else "---:" for c in COLUMNS) + "|"]
+             f"- measured {suite.created}"]
+    if priced(suite):
+        lines.append(f"- price ${priced(suite):g} per hour: cost per 1000 inferences = price / 3600 / throughput "
+                     "x 1000")
+    cols = columns(suite)
+    lines += ["", "| " + " | ".join(cols) + " |",
+              "|" + "|".join("---" if c in ("backend", "precision", "stable") else "---:" for c in cols) + "|"]
     for row in rows(suite):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     extra = server_lines(suite) + notes(suite)
@@ -151,7 +176,8 @@ def write_markdown(suite: BenchSuite, path: str | Path) -> Path:
 
 
 def plot(suite: BenchSuite, path: str | Path) -> Path:
-    """A PNG: p50 latency per sample (with p90-p99 band) and offline throughput against batch size."""
+    """A PNG: p50 latency per sample (with p90-p99 band) and offline throughput against batch size; a priced
+    run adds a third panel, the offline cost per 1000 inferences."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -159,7 +185,10 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
 
     path = Path(path)
     ok = [r for r in suite.results if r.status == "ok" and r.batches]
-    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    price = priced(suite)
+    fig, axes = plt.subplots(1, 3 if price else 2, figsize=(18 if price else 12, 4.8), constrained_layout=True)
+    ax_lat, ax_thr = axes[0], axes[1]
+    ax_cost = axes[2] if price else None
     for r in ok:
         pts = [(b.batch, b.single_stream) for b in r.batches if b.single_stream]
         if pts:
@@ -174,7 +203,10 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
         thr = [(b.batch, b.offline["throughput_per_s"]) for b in r.batches if b.offline]
         if thr:
             ax_thr.plot([t[0] for t in thr], [t[1] for t in thr], marker="s", label=r.label)
-    for ax in (ax_lat, ax_thr):
+        cost = [(b.batch, b.offline[COST_KEY]) for b in r.batches if b.offline and b.offline.get(COST_KEY)]
+        if ax_cost is not None and cost:
+            ax_cost.plot([c[0] for c in cost], [c[1] for c in cost], marker="D", label=r.label)
+    for ax in [a for a in (ax_lat, ax_thr, ax_cost) if a is not None]:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.grid(True, which="both", alpha=0.3)
@@ -193,9 +225,18 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
     ax_thr.yaxis.set_minor_formatter(plain)
     ax_thr.set_ylabel("samples / s")
     ax_thr.set_title("offline throughput")
+    if ax_cost is not None:
+        ax_cost.set_yscale("log")
+        dollars = FuncFormatter(lambda v, _: f"${v:.2g}")
+        ax_cost.yaxis.set_major_formatter(dollars)
+        ax_cost.yaxis.set_minor_formatter(dollars)
+        ax_cost.set_ylabel("USD per 1000 inferences")
+        ax_cost.set_title(f"offline cost per 1000 inferences at ${price:g}/hour")
     if ok:
         ax_lat.legend(fontsize=8)
         ax_thr.legend(fontsize=8)
+        if ax_cost is not None:
+            ax_cost.legend(fontsize=8)
     failed = [f"{r.label}: {r.status}" for r in suite.results if r.status != "ok"]
     where = suite.machine.get("cpu") or suite.machine.get("summary", "").split(" (")[0]
     load = suite.machine.get("load_average")
@@ -215,5 +256,5 @@ def write_all(suite: BenchSuite, out_dir: str | Path, stem: str = "bench") -> di
             "chart": plot(suite, out / f"{stem}.png")}
 
 
-__all__ = ["rows", "rich_table", "print_table", "to_json", "write_json", "to_markdown", "write_markdown", "plot",
+__all__ = ["rows", "columns", "priced", "rich_table", "print_table", "to_json", "write_json", "to_markdown", "write_markdown", "plot",
            "write_all", "BenchResult", "BenchSuite"]

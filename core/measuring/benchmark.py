@@ -22,6 +22,7 @@ from ..plugin import hardware
 from ..plugin.errors import BackendUnavailable, UnsupportedError
 from ..plugin.spec import as_example_tuple
 from ..selection.dispatch import compile_model
+from .cost import annotate, check_price
 from .scenarios import (PeakRSS, StepCallback, inputs_at_batch, offline, server, single_stream)
 
 SCENARIOS = ("single_stream", "offline", "server")
@@ -180,14 +181,17 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
                 measure_load: bool = True, verify: bool = True, calibration: Iterable[Any] | None = None,
                 compile_options: dict[str, Any] | None = None, model_name: str = "model",
                 on_step: StepCallback | None = None, on_result: Callable[[BenchResult], None] | None = None,
-                **bench_kwargs: Any) -> BenchSuite:
+                price_per_hour: float | None = None, **bench_kwargs: Any) -> BenchSuite:
     """Compile ``model`` for every backend x precision and :func:`benchmark` each engine.
 
     Compiles bypass the artifact cache, so ``compile_time_s`` is a real compile. With ``measure_load`` each
     engine is saved to a temporary directory and loaded back: ``artifact_bytes``, ``load_time_s`` and the
     loaded engine's ``first_call_s`` (a cold start). A backend that is unavailable or fails is a row saying
-    why, never an exception.
+    why, never an exception. ``price_per_hour`` (USD, this machine) adds the cost per 1000 inferences to
+    every offline and server figure (see :mod:`motorpool.measuring.cost`).
     """
+    if price_per_hour is not None:
+        check_price(price_per_hour)  # before the minutes of measuring, not after
     examples = as_example_tuple(example_inputs)
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results = []
@@ -208,7 +212,8 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
     config = {"backends": list(backends), "precisions": list(precisions), "batch_sizes": list(batch_sizes),
               "scenarios": list(scenarios), "time_budget_s": time_budget_s, "measure_load": measure_load,
               **{k: v for k, v in bench_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
-    return BenchSuite(model_name, results, config, machine)
+    suite = BenchSuite(model_name, results, config, machine)
+    return annotate(suite, price_per_hour) if price_per_hour is not None else suite
 
 
 def _bench_one(model, examples, backend: str, precision: str, *, batch_sizes, scenarios, time_budget_s,
