@@ -8,7 +8,7 @@ import importlib
 import sys
 
 #: subcommand modules, in the order ``motorpool --help`` lists them
-COMMANDS = ["doctor", "demo", "compile", "run", "bench", "profile", "cache", "optimize"]
+COMMANDS = ["doctor", "demo", "compile", "run", "bench", "profile", "cache", "optimize", "new_backend"]
 
 
 def build_parser() -> argparse.ArgumentParser:
