@@ -42,8 +42,8 @@ addopts = "-ra"
 MODULE = Template('''\
 """$dist: a $name backend for motorpool.
 
-Written only against motorpool's public API (``import motorpool``), found through the ``motorpool.backends``
-entry point in pyproject.toml. As generated it runs the model with eager PyTorch, so it passes motorpool's
+Written only against ``motorpool.plugin``, the facade every backend imports from (built-in or not), and
+found through the ``motorpool.backends`` entry point in pyproject.toml. As generated it runs the model with eager PyTorch, so it passes motorpool's
 conformance suite from the start; replace each ``# TODO(author):`` with your runtime's calls, and run
 ``pytest`` after each step (see motorpool's docs/plugins.md).
 """
@@ -54,9 +54,8 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any
 
-import motorpool
-from motorpool import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions, Runner,
-                       Status, UnsupportedError)
+from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+                              Runner, Status, UnsupportedError, hookimpl)
 
 __version__ = "0.1.0"
 __all__ = ["$cls", "${cls_prefix}Runner", "motorpool_register_backends"]
@@ -146,7 +145,7 @@ class $cls(Backend):
         raise UnsupportedError("$name cannot load saved engines yet", backend=self.name)
 
 
-@motorpool.hookimpl
+@hookimpl
 def motorpool_register_backends():
     return [BackendRecord($cls)]
 ''')
