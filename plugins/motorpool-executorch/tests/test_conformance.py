@@ -3,6 +3,7 @@
 import pytest
 
 pytest.importorskip("executorch", reason='executorch is not installed: pip install -e plugins/motorpool-executorch')
+pytest.importorskip("motorpool_executorch", reason="the plugin is not installed: pip install -e plugins/motorpool-executorch")
 
 import motorpool  # noqa: E402
 from motorpool.testing.conformance import BackendConformance  # noqa: E402

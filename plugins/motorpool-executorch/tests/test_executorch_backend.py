@@ -4,6 +4,7 @@ artifact."""
 import pytest
 
 pytest.importorskip("executorch", reason='executorch is not installed: pip install -e plugins/motorpool-executorch')
+pytest.importorskip("motorpool_executorch", reason="the plugin is not installed: pip install -e plugins/motorpool-executorch")
 
 import torch  # noqa: E402
 
