@@ -31,12 +31,15 @@ from .pipeline.verify import TOLERANCES
 from .selection.fastest import select
 from .selection.measured import Selection
 from .techniques.gate import Gate, GateResult, Metric
+from .techniques.distill import DistillReport, distill
 from .techniques.prune import PruneReport, PruneResult, prune, prune_iteratively
+from .serving.cascade import Cascade, CascadeCalibration
 from .serving.dynamic_batcher import DynamicBatcher
 from .serving.padding import pad_to_buckets
 from .serving.prediction_cache import CachedEngine
 from .serving.requests import BatcherClosed, BatcherStats, QueueFull
 from .serving.stores import LRUStore, RedisStore
+from .serving.triton import export_triton
 from .measuring.benchmark import BenchResult, BenchSuite, bench_model, benchmark
 from .measuring.profiling import ProfileResult, profile
 from .measuring.technique_report import OptimizeReport, optimize_report
@@ -51,5 +54,5 @@ __all__ = [
     "select", "Selection", "Gate", "GateResult", "Metric", "PruneReport", "PruneResult", "prune", "prune_iteratively",
     "DynamicBatcher", "pad_to_buckets", "CachedEngine", "BatcherClosed", "BatcherStats", "QueueFull", "LRUStore",
     "RedisStore", "BenchResult", "BenchSuite", "bench_model", "benchmark", "ProfileResult", "profile",
-    "OptimizeReport", "optimize_report",
+    "OptimizeReport", "optimize_report", "distill", "DistillReport", "Cascade", "CascadeCalibration", "export_triton",
 ]

@@ -116,7 +116,7 @@ def _changed_spec():
 
 def _changed_options():
     model, x = _mlp()
-    return model, x, {"options": {"some_option": 1}}
+    return model, x, {"options": {"int8": "dynamic"}}  # a declared option the fp32 compile ignores
 
 
 @pytest.mark.parametrize("change", [_changed_weights, _changed_buffer_free_code, _changed_spec, _changed_options],
@@ -315,3 +315,11 @@ def test_losing_the_rename_race_keeps_the_winner(cache_root, monkeypatch):
     assert _entries(cache_root) == [entry.path]
     assert not [p for p in entry.path.parent.iterdir() if p.name.startswith(".")]
     assert entry.load() is not None
+
+
+def test_an_unverified_engine_is_never_cached(cache_root, compile_calls):
+    model, x = _mlp()
+    motorpool.compile(model, x, backend=BACKEND, cache=True, verify=False)
+    assert not (cache_root / "engines").exists() or not _entries(cache_root)
+    motorpool.compile(model, x, backend=BACKEND, cache=True)
+    assert len(_entries(cache_root)) == 1

@@ -191,11 +191,11 @@ def test_wrong_shapes_are_caught(results, test):
     assert "shape" in message, message
 
 
-def test_wrong_shapes_do_not_hide_behind_input_checks(results):
-    # Bad-input rejection happens before the backend runs, so it passes even for the broken toy:
-    # the suite's failures point at the output, where the defect is.
+def test_wrong_shapes_fail_verification_as_a_user_compile_would(results):
+    # The suite compiles with verification on, as users do: an engine that returns the wrong shape never
+    # gets as far as the other checks, and every failure names the output that is wrong.
     kind, message = outcome(results, "test_bad_inputs_raise_input_error[mlp-wrongshape-cpu]")
-    assert kind == "passed", message
+    assert kind == "failed" and "does not match eager PyTorch" in message and "shape [1, 10]" in message, message
 
 
 def test_a_false_serializable_claim_is_caught(results):

@@ -1,6 +1,6 @@
 """The layering of motorpool's own code, stated as a test (docs/architecture.md draws it).
 
-Imports run one way: the front doors (``compile``, ``export``, the package ``__init__``, ``cli``, ``testing``)
+Imports run one way: the front doors (``compile``, ``export``, ``ray``, the package ``__init__``, ``cli``, ``testing``)
 -> ``measuring`` -> ``selection`` -> ``techniques`` | ``serving`` -> ``pipeline`` -> ``engine`` -> ``plugin``.
 ``techniques`` and ``serving`` sit side by side and do not import each other. Built-in backends import only
 the ``motorpool.plugin`` facade (and their own helper modules), exactly like a third-party plugin; core never
@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RANK = {"_version": 0, "plugin": 0, "engine": 1, "pipeline": 2, "techniques": 3, "serving": 3, "selection": 4,
         "measuring": 5}
-TOP = 6  # compile, export, the package itself, cli, testing
+TOP = 6  # compile, export, ray, the package itself, cli, testing
 
 
 def _module_name(path: Path) -> str:
@@ -73,7 +73,7 @@ def imports_of(name: str, path: Path | None = None) -> set[str]:
 
 def layer(name: str) -> tuple[int, str]:
     parts = name.split(".")
-    if len(parts) == 1 or parts[1] in ("compile", "export", "cli", "testing"):
+    if len(parts) == 1 or parts[1] in ("compile", "export", "ray", "cli", "testing"):
         return TOP, "front"
     if parts[1] == "backends":
         return TOP, "backends"
@@ -83,7 +83,7 @@ def layer(name: str) -> tuple[int, str]:
 def test_every_core_module_is_in_a_layer():
     for name in MODULES:
         parts = name.split(".")
-        if len(parts) > 1 and parts[1] not in ("compile", "export", "cli", "testing", "backends"):
+        if len(parts) > 1 and parts[1] not in ("compile", "export", "ray", "cli", "testing", "backends"):
             assert parts[1] in RANK, f"{name}: core/{parts[1]} is in no layer; add it to RANK and docs/architecture.md"
 
 

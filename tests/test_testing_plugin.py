@@ -15,6 +15,9 @@ import textwrap
 
 import pytest
 
+import motorpool
+from motorpool.testing import zoo
+
 CONFTEST = '''
 import motorpool
 from motorpool import Availability, Backend, Capabilities
@@ -228,3 +231,24 @@ def test_environment_filter_and_unknown_filter_names(scenario):
     code, out = _pytest(root, "test_fixture.py", "--motorpool-backends=nosuch", env={"MOTORPOOL_PLUGINS": "eager"})
     assert code != 0
     assert "unknown backends ['nosuch']" in out
+
+
+def test_the_suite_gets_a_cache_of_its_own():
+    """Under the testing kit, compiles never read or write the user's cache: MOTORPOOL_CACHE points at a fresh
+    directory for the session."""
+    import os
+    import tempfile
+
+    root = os.environ["MOTORPOOL_CACHE"]
+    assert os.path.basename(root).startswith("motorpool-test-cache-")
+    assert os.path.dirname(root) == tempfile.gettempdir()
+
+
+def test_the_cache_key_names_the_distribution_and_code_of_the_backend():
+    from motorpool.engine.artifact_cache import make_key
+
+    eager = motorpool.get_registry().get("eager")
+    model, ex = zoo.get("mlp").build(2)
+    spec = motorpool.InputSpec.from_examples(ex)
+    key = make_key(eager, eager.availability(), model, spec, precision="fp32", options={})
+    assert key["backend_provider"].startswith(f"motorpool=={motorpool.__version__} source:")

@@ -1,7 +1,12 @@
 """``motorpool bench MODEL``: which backend, precision and batch size for this model on this machine.
 
 Compiles MODEL for each backend x precision, measures LoadGen-style scenarios at each batch size, and
-writes a terminal table plus JSON, Markdown and a PNG chart (``--out``)."""
+writes a terminal table plus JSON, Markdown and a PNG chart (``--out``). ``--price-per-hour USD`` (what
+this machine costs) adds the cost per 1000 inferences to each.
+
+``motorpool bench compare A.json B.json ...`` puts runs from different machines side by side: throughput,
+p99 and cost per 1000 inferences, per backend, precision and batch size (``--price-per-hour`` gives each
+run's price, comma-separated in order, where a run did not record one)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,11 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark a model across backends, precisions and batch sizes",
                        description=__doc__)
     add_model_argument(p)
+    p.add_argument("runs", nargs="*", metavar="RUN.json",
+                   help="with MODEL 'compare': bench.json files (from different machines) to put side by side")
+    p.add_argument("--price-per-hour", default=None, metavar="USD",
+                   help="what this machine costs per hour, in USD: adds cost per 1000 inferences (with 'compare': "
+                   "one price for every run, or one per run, comma-separated; default: no cost figures)")
     p.add_argument("--backends", default="available",
                    help="comma-separated backend names, or 'available' (every backend that can run here)")
     p.add_argument("--precisions", default="fp32", type=precision_list, help="comma-separated: fp32,fp16,bf16,int8")
@@ -30,8 +40,9 @@ def register(sub) -> None:
     p.add_argument("--no-load", action="store_true", help="skip saving and loading each engine (artifact size, "
                    "load time, cold first call)")
     p.add_argument("--no-verify", action="store_true", help="skip verifying each engine against eager PyTorch")
-    p.add_argument("--out", default="motorpool-bench", help="directory for bench.json, bench.md and bench.png")
-    p.add_argument("--stem", default="bench", help="file name stem of the written files")
+    p.add_argument("--out", default=None, help="directory for bench.json, bench.md and bench.png (default "
+                   "motorpool-bench; 'compare' writes compare.json and compare.md there only when given)")
+    p.add_argument("--stem", default=None, help="file name stem of the written files (default: bench, compare)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps...")
     p.add_argument("--threads", type=positive_int, default=None, help="run every engine on this many threads "
                    "(torch's intra-op pool, ONNX Runtime's intra_op_num_threads, OpenVINO's num_threads; "
@@ -57,7 +68,68 @@ def _backends(text: str) -> list[str]:
     return names
 
 
+def _prices(text: str | None, count: int) -> list[float | None]:
+    """``--price-per-hour``: None, one price, or ``count`` comma-separated prices (USD per hour)."""
+    if text is None:
+        return [None] * count
+    try:
+        values = [float(x) for x in csv_list(text)]
+    except ValueError:
+        values = []
+    if len(values) not in (1, count) or any(not v > 0 for v in values):
+        raise ValueError(f"--price-per-hour: expected one positive price in USD per hour"
+                         + (f" or {count} comma-separated, one per run" if count > 1 else "") + f", got {text!r}")
+    return values * count if len(values) == 1 else values
+
+
+def compare_runs(args) -> int:
+    """``motorpool bench compare A.json B.json ...``"""
+    import json
+    import sys
+    from pathlib import Path
+
+    from .. import InputError
+    from ..measuring.cost import compare, load_run
+
+    if not args.runs:
+        print("motorpool bench compare: expected one or more bench.json files (written by `motorpool bench`)",
+              file=sys.stderr)
+        return 2
+    try:
+        prices = _prices(args.price_per_hour, len(args.runs))
+        runs = [load_run(path) for path in args.runs]
+        comparison = compare(runs, labels=_labels(args.runs), prices=prices)
+    except (InputError, ValueError) as exc:
+        print(f"motorpool bench compare: {exc}", file=sys.stderr)
+        return 2
+    print(comparison.table())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = args.stem or "compare"
+        (out / f"{stem}.json").write_text(json.dumps(comparison.to_dict(), indent=2, default=str))
+        (out / f"{stem}.md").write_text(comparison.markdown())
+        print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}", file=sys.stderr)
+    return 0
+
+
+def _labels(paths: list[str]) -> list[str]:
+    """Each run named by its file, or by its folder where files share a name (a/bench.json, b/bench.json)."""
+    from pathlib import Path
+
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    parents = [Path(p).resolve().parent.name or Path(p).stem for p in paths]
+    return parents if len(set(parents)) == len(parents) else [f"{i + 1}:{s}" for i, s in enumerate(stems)]
+
+
 def run(args) -> int:
+    if args.model == "compare":
+        return compare_runs(args)
+    if args.runs:
+        raise UsageError(f"unexpected arguments {args.runs} after MODEL {args.model!r} (only "
+                         "'motorpool bench compare' takes several files)")
     try:
         import rich  # noqa: F401
     except ImportError as exc:
@@ -78,6 +150,10 @@ def run(args) -> int:
     loaded = load_model_arg(args.model, batch=max(args.batch_sizes))
     examples = with_shapes(loaded.example_inputs, args.shape)
     backends = _backends(args.backends)
+    try:
+        price = _prices(args.price_per_hour, 1)[0]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     precisions = args.precisions
     if not backends:
         raise UsageError("no backend to benchmark; `motorpool doctor` shows why each is unavailable")
@@ -101,19 +177,20 @@ def run(args) -> int:
                             measure_load=not args.no_load, verify=not args.no_verify, model_name=loaded.name,
                             on_step=on_step, on_result=on_result, p99_bound_ms=args.p99_bound_ms,
                             server_budget_s=args.server_budget, offline_workers=args.offline_workers,
-                            device=args.device, threads=args.threads)
+                            device=args.device, threads=args.threads, price_per_hour=price)
+    out, stem = args.out or "motorpool-bench", args.stem or "bench"
     if args.json:
         print(json.dumps(suite.to_dict(), indent=2, default=str))
     else:
         print_table(suite)
     if not any(r.status == "ok" for r in suite.results):
         # nothing measured: earlier results in --out stay as they were
-        raise CommandFailed(f"no engine was measured, so nothing was written to {args.out} "
+        raise CommandFailed(f"no engine was measured, so nothing was written to {out} "
                             "(the table says why each failed)")
-    paths = write_all(suite, args.out, stem=args.stem)
+    paths = write_all(suite, out, stem=stem)
     for kind, path in paths.items():
         say(f"wrote {kind}: {path}")
     why = chart_unavailable()
     if why:
-        say(f"motorpool: warning: no {args.stem}.png: {why}; wrote the rest")
+        say(f"motorpool: warning: no {stem}.png: {why}; wrote the rest")
     return 0

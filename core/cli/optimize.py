@@ -1,4 +1,6 @@
-"""``motorpool optimize MODEL``: the techniques table (precision, int8, pruning, backends), measured here."""
+"""``motorpool optimize MODEL``: the techniques table (precision, int8, pruning, distillation, backends),
+measured here. ``--student package.module:factory`` (a factory returning ``(student, example_inputs)``, like
+MODEL's) adds a student distilled from MODEL, compiled and gated like every other row."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--budget", type=float, default=2.0, help="seconds of side-by-side timing in all (default 2)")
     p.add_argument("--threads", type=int, default=None, help="run every engine on this many threads (default: "
                    "each runtime's own default)")
+    p.add_argument("--student", default=None, metavar="STUDENT",
+                   help="a smaller model to distill from MODEL (package.module:factory returning (student, "
+                   "example_inputs)); adds the distillation rows (default: no distillation)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -28,16 +33,24 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from .. import Gate
+    from .. import Gate, MotorpoolError
     from .modelref import load_model
-    from ..measuring.technique_report import default_metric, default_techniques, optimize_report
+    from ..measuring.technique_report import (default_metric, default_techniques, distillation_techniques,
+                                              optimize_report)
     from ..plugin.spec import InputSpec
 
     try:
         loaded = load_model(args.model, batch=args.batch)
     except ImportError as exc:
         raise UsageError(f"MODEL {args.model!r}: {exc}") from None
-    every = default_techniques()
+    every = list(default_techniques())
+    if args.student:
+        try:
+            student = load_model(args.student).model
+        except (MotorpoolError, ValueError, ImportError) as exc:
+            raise UsageError(f"--student: {exc}") from None
+        # no training data on the command line either: the student learns the model on fresh random inputs
+        every += distillation_techniques(student)
     techniques = list(every)
     if args.techniques:
         techniques = [t for t in techniques if any(k.lower() in t.name.lower() for k in args.techniques)]

@@ -28,6 +28,7 @@ reads back with pickle; the manifest's checksums cover those bytes and the direc
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ..plugin.errors import ArtifactError, MotorpoolError, UnsupportedError
 from ..plugin.paths import cache_root, private_dir
+from ..plugin.registry import get_registry
 from .fingerprint import calibration_fingerprint, model_fingerprint
 from .manifest import jsonable
 from .saved import open_saved
@@ -99,6 +101,9 @@ def make_key(backend: "Backend", availability: "Availability", model: "torch.nn.
         "calibration": calib,
         "backend": backend.name,
         "backend_class": f"{type(backend).__module__}.{type(backend).__qualname__}",
+        # the distribution that provides it and its code as it is now: a plugin's next version (or an
+        # edited editable install) never loads what the previous code built
+        "backend_provider": provider_identity(backend),
         "backend_version": availability.version,
         "backend_versions": jsonable(dict(availability.versions)),
         "hardware": hardware.fingerprint(),
@@ -106,6 +111,15 @@ def make_key(backend: "Backend", availability: "Availability", model: "torch.nn.
         "torch": torch.__version__,
         "python": f"{sys.implementation.name}-{platform.python_version()}",
     }
+
+
+def provider_identity(backend: "Backend") -> str:
+    """``distribution==version`` of what provides ``backend``, and a hash of its module's source."""
+    try:
+        code = hashlib.sha256(Path(inspect.getfile(type(backend))).read_bytes()).hexdigest()[:16]
+    except (OSError, TypeError):  # a class built at runtime has no file
+        code = "no-source"
+    return f"{get_registry().distribution(backend.name) or 'registered by hand'} source:{code}"
 
 
 def key_digest(key: dict[str, Any]) -> str:

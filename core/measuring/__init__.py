@@ -2,7 +2,8 @@
 
 :mod:`.scenarios` (single-stream, offline and server, after MLPerf LoadGen), :mod:`.benchmark` (one engine, or
 a model over backends x precisions), :mod:`.bench_output` (tables, JSON, Markdown, the chart),
-:mod:`.profiling` (where a call's time goes) and :mod:`.technique_report` (``motorpool.optimize_report``).
+:mod:`.profiling` (where a call's time goes), :mod:`.technique_report` (``motorpool.optimize_report``) and
+:mod:`.cost` (cost per 1000 inferences, and bench runs from different machines side by side).
 
 May import: :mod:`motorpool.selection` (to compile as ``compile`` does), :mod:`motorpool.serving`,
 :mod:`motorpool.techniques`, :mod:`motorpool.pipeline`, :mod:`motorpool.engine`, :mod:`motorpool.plugin`.

@@ -11,13 +11,17 @@ from typing import Any
 
 from ..engine.artifact_cache import format_size
 from .benchmark import BenchResult, BenchSuite
+from .cost import COST_KEY, PRICE_KEY
 
 COLUMNS = ("backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "stable", "offline /s", "server /s",
            "compile s", "load s", "1st call s", "peak RSS MiB", "artifact")
+#: the column a priced run adds (``motorpool bench --price-per-hour``): offline cost per 1000 inferences
+COST_COLUMN = "$/1000 offline"
 #: a narrow terminal (under WIDE columns) gets two tables: the figures per batch size, then per engine
 WIDE = 130
 NARROW_FIGURES = {"backend": "backend", "precision": "prec", "batch": "batch", "p50 ms": "p50 ms",
                   "p99 ms": "p99 ms", "offline /s": "offline/s", "server /s": "server/s"}
+NARROW_COST = {COST_COLUMN: "$/1k off"}
 NARROW_ENGINE = {"backend": "backend", "precision": "prec", "compile s": "compile s", "load s": "load s",
                  "1st call s": "1st call s", "peak RSS MiB": "RSS MiB", "artifact": "artifact"}
 #: the mark on a latency whose median had not settled when the time budget ran out
@@ -52,12 +56,28 @@ def _size(n: int | None) -> str:
     return format_size(n)
 
 
+def priced(suite: BenchSuite) -> float | None:
+    """The machine's price per hour (USD) the run was given, or None."""
+    return (suite.config or {}).get(PRICE_KEY)
+
+
+def columns(suite: BenchSuite) -> tuple[str, ...]:
+    """The table's columns: :data:`COLUMNS`, plus the offline cost per 1000 inferences when priced."""
+    return COLUMNS + (COST_COLUMN,) if priced(suite) else COLUMNS
+
+
+def _cost(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3g}"  # tiny models cost fractions of a cent
+
+
 def rows(suite: BenchSuite) -> list[list[str]]:
     """The table's rows as strings: one per engine and batch size; engine-wide figures on its first row."""
     out = []
+    with_cost = bool(priced(suite))
     for r in suite.results:
         if r.status != "ok":
-            out.append([r.backend, r.precision, "-", r.status, "", "", "", "", "", "", "", "", "", _short(r.reason)])
+            out.append([r.backend, r.precision, "-", r.status, "", "", "", "", "", "", "", "", "", _short(r.reason)]
+                       + ([""] if with_cost else []))
             continue
         for i, b in enumerate(r.batches):
             ss, off = b.single_stream or {}, b.offline or {}
@@ -70,7 +90,7 @@ def rows(suite: BenchSuite) -> list[list[str]]:
                 _s(r.compile_time_s) if first else "", _s(r.load_time_s) if first else "",
                 _s(r.first_call_s) if first else "", f"{r.peak_rss_mb:.0f}" if first and r.peak_rss_mb else "",
                 _size(r.artifact_bytes) if first else "",
-            ])
+            ] + ([_cost(off.get(COST_KEY))] if with_cost else []))
     return out
 
 
@@ -92,7 +112,9 @@ def server_lines(suite: BenchSuite) -> list[str]:
         else:
             lines.append(f"{r.label}: server: {s['max_rate_per_s']:.0f} queries/s at p99 <= {s['p99_bound_ms']:.3g} ms "
                          f"(dynamic batcher, max batch {s['max_batch_size']}, max delay {s['max_delay_ms']} ms; "
-                         f"{len(s['trials'])} trials)" + (f"; {s['note']}" if s.get("note") else ""))
+                         f"{len(s['trials'])} trials)"
+                         + (f"; ${s[COST_KEY]:.3g} per 1000 inferences at that rate" if s.get(COST_KEY) else "")
+                         + (f"; {s['note']}" if s.get("note") else ""))
     return lines
 
 
@@ -115,7 +137,7 @@ def notes(suite: BenchSuite) -> list[str]:
 _TEXT_COLUMNS = ("backend", "precision", "stable", "artifact")
 
 
-def _table(title, caption, headers: dict[str, str], body: list[list[str]], **kw):
+def _table(title, caption, headers: dict[str, str], body: list[list[str]], all_columns=COLUMNS, **kw):
     from rich.table import Table
 
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left", **kw)
@@ -123,15 +145,16 @@ def _table(title, caption, headers: dict[str, str], body: list[list[str]], **kw)
         # numbers never wrap; a long backend name or reason is cut with an ellipsis instead
         table.add_column(header, justify="left" if c in _TEXT_COLUMNS else "right", no_wrap=True,
                          overflow="ellipsis")
-    index = [COLUMNS.index(c) for c in headers]
+    index = [all_columns.index(c) for c in headers]
     for row in body:
-        table.add_row(*[row[i] for i in index])
+        table.add_row(*[row[i] if i < len(row) else "" for i in index])
     return table
 
 
 def rich_table(suite: BenchSuite):
     """Every column in one table (for a terminal at least :data:`WIDE` columns wide)."""
-    return _table(f"motorpool bench: {suite.model}", suite.machine.get("summary", ""), {c: c for c in COLUMNS},
+    cols = columns(suite)
+    return _table(f"motorpool bench: {suite.model}", suite.machine.get("summary", ""), {c: c for c in cols},
                   rows(suite))
 
 
@@ -142,7 +165,9 @@ def narrow_tables(suite: BenchSuite) -> list:
 
     body = rows(suite)
     ok = [r for r in body if r[0] and r[3] not in ("failed", "unavailable")]
-    tables = [_table(f"motorpool bench: {suite.model}", None, NARROW_FIGURES, body, box=box.SIMPLE_HEAD)]
+    cols = columns(suite)
+    figures = {**NARROW_FIGURES, **(NARROW_COST if priced(suite) else {})}
+    tables = [_table(f"motorpool bench: {suite.model}", None, figures, body, cols, box=box.SIMPLE_HEAD)]
     if ok:
         tables.append(_table(None, suite.machine.get("summary", ""), NARROW_ENGINE, ok, box=box.SIMPLE_HEAD))
     return tables
@@ -198,9 +223,13 @@ def to_markdown(suite: BenchSuite) -> str:
              f"torch {suite.machine.get('torch')}, motorpool {suite.machine.get('motorpool')}",
              f"- scenarios: {', '.join(cfg.get('scenarios', []))}; batch sizes {cfg.get('batch_sizes')}; "
              f"time budget {cfg.get('time_budget_s')} s per scenario and batch size",
-             f"- measured {suite.created}", "",
-             "| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join("---" if c in ("backend", "precision", "stable") else "---:" for c in COLUMNS) + "|"]
+             f"- measured {suite.created}"]
+    if priced(suite):
+        lines.append(f"- price ${priced(suite):g} per hour: cost per 1000 inferences = price / 3600 / throughput "
+                     "x 1000")
+    cols = columns(suite)
+    lines += ["", "| " + " | ".join(cols) + " |",
+              "|" + "|".join("---" if c in ("backend", "precision", "stable") else "---:" for c in cols) + "|"]
     for row in rows(suite):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     extra = server_lines(suite) + notes(suite)
@@ -215,7 +244,8 @@ def write_markdown(suite: BenchSuite, path: str | Path) -> Path:
 
 
 def plot(suite: BenchSuite, path: str | Path) -> Path:
-    """A PNG: p50 latency per sample (with p90-p99 band) and offline throughput against batch size."""
+    """A PNG: p50 latency per sample (with p90-p99 band) and offline throughput against batch size; a priced
+    run adds a third panel, the offline cost per 1000 inferences."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -223,7 +253,10 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
 
     path = Path(path)
     ok = [r for r in suite.results if r.status == "ok" and r.batches]
-    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    price = priced(suite)
+    fig, axes = plt.subplots(1, 3 if price else 2, figsize=(18 if price else 12, 4.8), constrained_layout=True)
+    ax_lat, ax_thr = axes[0], axes[1]
+    ax_cost = axes[2] if price else None
     for r in ok:
         pts = [(b.batch, b.single_stream) for b in r.batches if b.single_stream]
         if pts:
@@ -242,7 +275,10 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
             if rate:  # the server scenario's sustained rate: one figure per engine, so a level line
                 ax_thr.axhline(rate, color=line.get_color(), linestyle="--", linewidth=1,
                                label=f"{r.label} server {rate:.0f}/s at p99 <= {r.server['p99_bound_ms']:.3g} ms")
-    for ax in (ax_lat, ax_thr):
+        cost = [(b.batch, b.offline[COST_KEY]) for b in r.batches if b.offline and b.offline.get(COST_KEY)]
+        if ax_cost is not None and cost:
+            ax_cost.plot([c[0] for c in cost], [c[1] for c in cost], marker="D", label=r.label)
+    for ax in [a for a in (ax_lat, ax_thr, ax_cost) if a is not None]:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.grid(True, which="both", alpha=0.3)
@@ -261,9 +297,18 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
     ax_thr.yaxis.set_minor_formatter(plain)
     ax_thr.set_ylabel("samples / s")
     ax_thr.set_title("offline throughput (dashed: server scenario's sustained rate)")
+    if ax_cost is not None:
+        ax_cost.set_yscale("log")
+        dollars = FuncFormatter(lambda v, _: f"${v:.2g}")
+        ax_cost.yaxis.set_major_formatter(dollars)
+        ax_cost.yaxis.set_minor_formatter(dollars)
+        ax_cost.set_ylabel("USD per 1000 inferences")
+        ax_cost.set_title(f"offline cost per 1000 inferences at ${price:g}/hour")
     if ok:
         ax_lat.legend(fontsize=8)
         ax_thr.legend(fontsize=8)
+        if ax_cost is not None:
+            ax_cost.legend(fontsize=8)
     failed = [f"{r.label}: {r.status}" for r in suite.results if r.status != "ok"]
     where = suite.machine.get("cpu") or suite.machine.get("summary", "").split(" (")[0]
     load = suite.machine.get("load_average")
@@ -298,5 +343,6 @@ def write_all(suite: BenchSuite, out_dir: str | Path, stem: str = "bench") -> di
     return paths
 
 
-__all__ = ["rows", "rich_table", "narrow_tables", "chart_unavailable", "print_table", "to_json", "write_json", "to_markdown", "write_markdown", "plot",
+__all__ = ["rows", "columns", "priced", "rich_table", "narrow_tables", "chart_unavailable", "print_table", "to_json",
+           "write_json", "to_markdown", "write_markdown", "plot",
            "write_all", "BenchResult", "BenchSuite"]

@@ -23,6 +23,7 @@ from ..plugin.errors import BackendUnavailable, UnknownBackendError, Unsupported
 from ..plugin.registry import get_registry
 from ..plugin.spec import as_example_tuple
 from ..selection.dispatch import compile_model
+from .cost import annotate, check_price
 from .scenarios import (PeakRSS, StepCallback, inputs_at_batch, offline, server, single_stream)
 
 SCENARIOS = ("single_stream", "offline", "server")
@@ -224,7 +225,8 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
                 measure_load: bool = True, verify: bool = True, calibration: Iterable[Any] | None = None,
                 compile_options: dict[str, Any] | None = None, model_name: str = "model",
                 on_step: StepCallback | None = None, on_result: Callable[[BenchResult], None] | None = None,
-                device: str = "auto", threads: int | None = None, **bench_kwargs: Any) -> BenchSuite:
+                device: str = "auto", threads: int | None = None, price_per_hour: float | None = None,
+                **bench_kwargs: Any) -> BenchSuite:
     """Compile ``model`` for every backend x precision and :func:`benchmark` each engine.
 
     Compiles bypass the artifact cache, so ``compile_time_s`` is a real compile. With ``measure_load`` each
@@ -232,8 +234,11 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
     loaded engine's ``first_call_s`` (a cold start). A backend that is unavailable or fails is a row saying
     why, never an exception. ``device`` is where every engine is compiled for; ``threads`` runs each on that
     many threads (torch's intra-op pool, and each backend's declared thread option: ONNX Runtime's
-    ``intra_op_num_threads``, OpenVINO's ``num_threads``).
+    ``intra_op_num_threads``, OpenVINO's ``num_threads``). ``price_per_hour`` (USD, this machine) adds the
+    cost per 1000 inferences to every offline and server figure (see :mod:`motorpool.measuring.cost`).
     """
+    if price_per_hour is not None:
+        check_price(price_per_hour)  # before the minutes of measuring, not after
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads: expected a positive integer, got {threads!r}")
     saved_threads = torch.get_num_threads()
@@ -247,7 +252,7 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
                            on_result=on_result, device=device, threads=threads, **bench_kwargs)
     finally:
         torch.set_num_threads(saved_threads)
-    return suite
+    return annotate(suite, price_per_hour) if price_per_hour is not None else suite
 
 
 #: the options through which backends take a thread count

@@ -26,20 +26,21 @@ from ..plugin.spec import InputSpec, as_example_tuple
 from ..plugin.torch_precision import model_size_bytes
 from ..selection.dispatch import compile_model
 from ..selection.timing import measure_interleaved
+from ..techniques.distill import distillation_transform
 from ..techniques.gate import Gate
 from ..techniques.prune import prune
 
 
 @dataclass(frozen=True)
 class Technique:
-    """One row: a backend at a precision, optionally on a transformed model (pruning)."""
+    """One row: a backend at a precision, optionally on a transformed model (pruning, distillation)."""
 
     name: str
     backend: str
     precision: str = "fp32"
     #: "none" | "static" (int8 with the calibration set) | "dynamic"
     int8: str | None = None
-    #: model -> model before compiling (pruning); gets (model, example_inputs)
+    #: model -> model before compiling (pruning, distillation); gets (model, example_inputs)
     transform: Callable[[torch.nn.Module, tuple], torch.nn.Module] | None = None
     #: heavy compilers a quick report leaves out
     heavy: bool = False
@@ -81,6 +82,27 @@ def default_techniques(backends: Sequence[BackendInfo] | None = None) -> tuple[T
             pruned += [Technique(f"pruned {int(a * 100)}% structured, {b.name}", b.name, transform=_pruned(a))
                        for a in PRUNE_AMOUNTS]
     return tuple(fp32 + bf16 + int8 + pruned)
+
+
+def distillation_techniques(student: torch.nn.Module, backends: Sequence[BackendInfo] | None = None, *,
+                            data: Any = None, labels: Any = None, **options: Any) -> tuple[Technique, ...]:
+    """Rows for a student distilled from the model (see :func:`motorpool.distill`): fp32 on every backend,
+    and int8 in the first way each backend declares. The student is distilled once and shared by the rows.
+    ``data``/``labels`` are what it trains on (without them, fresh random inputs of the examples' spec:
+    faithful to the model rather than accurate on a task); ``options`` go to ``distill`` (epochs, lr...)."""
+    transform = distillation_transform(student, data, labels=labels, **options)
+    rows = list(backends if backends is not None else list_backends())
+    rows.sort(key=lambda b: (not b.capabilities.get("reference", False), b.name))
+    fp32, int8 = [], []
+    for b in rows:
+        caps = b.capabilities
+        heavy = caps.get("compile_cost") == "high"
+        fp32.append(Technique(f"distilled student, {b.name}", b.name, transform=transform, heavy=heavy))
+        if "int8" in set(caps.get("precisions", ())):
+            mode = (caps.get("int8_modes") or [None])[0]
+            int8.append(Technique(f"distilled student, int8 {mode + ' ' if mode else ''}{b.name}", b.name, "int8",
+                                  int8=mode, transform=transform, heavy=heavy))
+    return tuple(fp32 + int8)
 
 
 @dataclass
@@ -182,7 +204,8 @@ def optimize_report(model: torch.nn.Module, example_inputs: Any, *, data: Any = 
                     gate: Gate | None = None, calibration: Iterable[Any] | None = None,
                     techniques: Sequence[Technique] | None = None, quick: bool = False,
                     budget_s: float = 2.0, batching: int | None = 32, progress: Callable[[str], None] | None = None,
-                    threads: int | None = None) -> OptimizeReport:
+                    threads: int | None = None, student: torch.nn.Module | None = None, distill_data: Any = None,
+                    distill_labels: Any = None, distill_options: dict[str, Any] | None = None) -> OptimizeReport:
     """Measure every technique for ``model`` here. Returns an :class:`OptimizeReport` (``print`` it).
 
     ``data`` (a batch or a list of batches) is what the metric is scored on: ``gate``'s data when a gate
@@ -194,7 +217,24 @@ def optimize_report(model: torch.nn.Module, example_inputs: Any, *, data: Any = 
     intra-op pool, ONNX Runtime's ``intra_op_num_threads``, OpenVINO's ``num_threads``), so that rows
     compare techniques rather than thread pools; on a busy machine one thread also avoids the stalls of
     a parallel region waiting for a descheduled worker.
+
+    ``student`` (an ``nn.Module`` with the model's output shape) adds the distillation rows
+    (:func:`distillation_techniques`): the student is distilled from ``model`` on ``distill_data``
+    (``distill_labels``; default: fresh random inputs of the spec), then compiled, gated against the model
+    and timed like every other row, on every backend (on the backends ``techniques`` use, when given);
+    ``extras["distillation"]`` holds its report. ``distill_options`` go to :func:`motorpool.distill`. Keep
+    ``data`` (the scoring set) apart from ``distill_data``.
     """
+    if student is not None:
+        if not isinstance(student, torch.nn.Module):
+            raise ValueError(f"student: expected a torch.nn.Module, got {type(student).__name__}")
+        backends = list_backends()
+        if techniques is not None:
+            wanted = {t.backend for t in techniques}
+            backends = [b for b in backends if b.name in wanted]
+        base = list(techniques) if techniques is not None else list(default_techniques(backends))
+        techniques = base + list(distillation_techniques(student, backends, data=distill_data,
+                                                         labels=distill_labels, **(distill_options or {})))
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: expected a positive integer, got {threads!r}")
@@ -240,6 +280,9 @@ def _optimize_report(model, example_inputs, *, data, labels, gate, calibration, 
         extras.update(_time_rows(rows, engines, model, examples, baseline, batch=batch, budget_s=budget_s))
     if batching and batching > 1 and any(r.status == "ok" for r in rows):
         extras.update(_batching_gain(model, examples, batching, budget_s / 4))
+    distilled = {id(t.transform): t.transform for t in techs if getattr(t.transform, "reports", None)}
+    for transform in distilled.values():
+        extras["distillation"] = str(transform.reports[-1])
     return OptimizeReport(rows, batch, gate.metric.name, gate.max_drop, extras)
 
 

@@ -113,8 +113,8 @@ def compile_one(b: Backend, model: torch.nn.Module, examples: tuple, spec: Input
                                             backend=b.name)
     if gate is not None:  # the task metric on the user's data: GateError (with the figure) over budget
         gate.check_compiled(engine, model, backend=b.name)
-    if entry is not None and engine.report.load_time_s is None:
-        entry.store(engine)  # only verified engines reach here: a failed verification raised above
+    if entry is not None and engine.report.load_time_s is None and engine.report.verification is not None:
+        entry.store(engine)  # verified engines only: a failed verification raised above, verify=False stores none
     return engine
 
 

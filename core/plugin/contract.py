@@ -62,9 +62,15 @@ class Availability:
                    versions=dict(versions or {}), can_export=True)
 
     @classmethod
-    def not_installed(cls, package: str, extra: str) -> "Availability":
+    def not_installed(cls, package: str, extra: str | None = None, *, requirement: str | None = None
+                      ) -> "Availability":
+        """``package`` is missing. The fix installs ``requirement`` (a pip requirement: what a third-party
+        plugin's users install, ``"motorpool-executorch"``) or, for a built-in backend, ``motorpool[extra]``."""
+        if requirement is None and extra is None:
+            raise ValueError("Availability.not_installed needs the extra or the pip requirement that installs "
+                             f"{package}")
         return cls(Status.NOT_INSTALLED, reason=f"{package} is not installed",
-                   fix=f'pip install "motorpool[{extra}]"')
+                   fix=f'pip install "{requirement or f"motorpool[{extra}]"}"')
 
     @classmethod
     def import_failed(cls, package: str, error: BaseException, fix: str | None = None) -> "Availability":
@@ -125,8 +131,11 @@ class Capabilities:
     precisions: frozenset[str] = frozenset({"fp32"})
     dynamic_batch: bool = True
     dynamic_shapes: bool = False
-    thread_safe: bool = True
-    serializable: bool = True
+    #: claimed, not assumed: the engine serializes calls to a backend that does not declare it, and the
+    #: conformance suite checks the claim with many threads on the runner itself
+    thread_safe: bool = False
+    #: claimed, not assumed: the conformance suite saves and loads in a fresh process when declared
+    serializable: bool = False
     compile_cost: str = "low"  # "none", "low", "medium", "high": seconds to minutes
     priority: Mapping[str, int] = field(default_factory=lambda: {"*": 100})
     native_inputs: str = "torch"  # "torch" or "numpy": what Runner.run takes without conversion
@@ -206,7 +215,8 @@ class Runner(abc.ABC):
 
     device: str = "cpu"
     precision: str = "fp32"
-    thread_safe: bool = True
+    #: a runner that may be called from many threads at once says so; by default the engine serializes calls
+    thread_safe: bool = False
     #: "torch" or "numpy": the kind of array ``run`` takes and returns without conversion
     native_inputs: str = "torch"
     #: what the backend reports about itself (providers, exporter path, blocks...)

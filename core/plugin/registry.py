@@ -36,6 +36,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 class Registered:
     record: BackendRecord
     provider: str  # "distribution 1.2 (entry point 'x')" or whatever registered it by hand
+    distribution: str = ""  # "name==version" of the installed distribution that provides it, when known
 
     @property
     def name(self) -> str:
@@ -89,6 +90,7 @@ class Registry:
         _warn_unknown_names(eps, allow, block)
         for ep in eps:
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+            version = f"{dist}=={ep.dist.version}" if ep.dist is not None else ""
             keys = {ep.name, dist}
             if keys & block:
                 continue
@@ -100,10 +102,11 @@ class Registry:
             except Exception as exc:  # noqa: BLE001 - a broken plugin must never break motorpool
                 self._skip(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}")
                 continue
-            self.register_plugin(plugin, name=ep.name, provider=provider, dist=dist, strict=False)
+            self.register_plugin(plugin, name=ep.name, provider=provider, dist=dist, strict=False,
+                                 distribution=version)
 
     def register_plugin(self, plugin: Any, *, name: str | None = None, provider: str | None = None,
-                        dist: str = "", strict: bool = True) -> list[str]:
+                        dist: str = "", strict: bool = True, distribution: str = "") -> list[str]:
         """Register a plugin object (a module or instance with hook implementations).
 
         With ``strict`` a bad record or a duplicate name raises; otherwise it is warned and skipped.
@@ -137,7 +140,7 @@ class Registry:
                     if problem:
                         self.pm.unregister(plugin)
                         return self._fail(strict, plugin_name, dist, problem, PluginError)
-                    staged.append(Registered(rec, provider))
+                    staged.append(Registered(rec, provider, distribution))
             for reg in staged:
                 other = self._backends.get(reg.name) or next(
                     (s for s in staged if s is not reg and s.name == reg.name), None)
@@ -189,6 +192,11 @@ class Registry:
     def provider(self, name: str) -> str:
         self._ensure_loaded()
         return self._backends[name].provider if name in self._backends else ""
+
+    def distribution(self, name: str) -> str:
+        """``name==version`` of the distribution that provides backend ``name`` ("" when registered by hand)."""
+        self._ensure_loaded()
+        return self._backends[name].distribution if name in self._backends else ""
 
     def get(self, name: str) -> Backend:
         """The backend instance registered under ``name``; an unknown name lists the valid ones."""

@@ -65,8 +65,8 @@ class EngineCache:
             try:
                 item.engine = motorpool.compile(
                     model, examples, backend=backend.name, device=device, precision=precision,
-                    dynamic_batch=backend.capabilities.dynamic_batch, dynamic_dims=dynamic_dims, verify=False,
-                    calibration=calibration)
+                    dynamic_batch=backend.capabilities.dynamic_batch, dynamic_dims=dynamic_dims, verify=True,
+                    calibration=calibration, cache=False)
             except Exception as exc:  # noqa: BLE001 - recorded, re-raised by every check that needs it
                 item.error = exc
             self._items[key] = item

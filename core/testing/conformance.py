@@ -57,6 +57,8 @@ from .gaps import known_gap
 from .targets import DEVICES
 
 REDUCED_PRECISIONS = ("fp16", "bf16", "int8")
+#: a pip requirement: a distribution name, optional extras and version bounds (PEP 508, without markers)
+_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._, -]+\])?\s*([<>=!~]=?\s*[\w.*]+\s*,?\s*)*")
 COMPILE_COSTS = ("none", "low", "medium", "high")
 
 
@@ -151,6 +153,9 @@ class BackendConformance:
         if av.status is motorpool.Status.NOT_INSTALLED:
             assert av.fix and av.fix.startswith("pip install "), \
                 f"{b.name} is not installed but its fix is {av.fix!r}; expected the exact `pip install ...`"
+            requirement = av.fix.split("#")[0].removeprefix("pip install ").strip().strip("\"'")
+            assert _REQUIREMENT.fullmatch(requirement), \
+                f"{b.name}: fix {av.fix!r} names no installable requirement (expected e.g. pip install \"name[extra]\")"
             if b.extra:
                 assert f'"motorpool[{b.extra}]"' in av.fix, \
                     f"{b.name}: fix {av.fix!r} does not name the extra: pip install \"motorpool[{b.extra}]\""

@@ -28,12 +28,18 @@ this plugin in every session of an environment where motorpool is installed, and
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 
 import pytest
 
 from .gaps import known_gap, validate_markers
 from .targets import (Target, availability, declares, present_device_kinds, registry, select_targets, skipped_plugins,
                       unavailable_reason)
+
+#: motorpool's cache root variable (motorpool.plugin.paths.ENV_DIR; not imported: see the module docstring)
+CACHE_ENV = "MOTORPOOL_CACHE"
 
 
 # -- pytest hooks ------------------------------------------------------------------------------------------
@@ -46,6 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--motorpool-devices", default=None, metavar="DEVICES",
                     help="comma-separated device kinds (cpu,cuda,mps,ane) the `backend` fixture runs over "
                          "(default: all; env MOTORPOOL_TEST_DEVICES)")
+    group.addoption("--motorpool-user-cache", action="store_true", default=False,
+                    help="let the tests read and write motorpool's own cache (default: a fresh cache per session, "
+                         "removed at the end, so no test loads an engine that earlier code built)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +69,24 @@ def pytest_configure(config: pytest.Config) -> None:
         "runtime itself; an xfail carrying the reason",
     ):
         config.addinivalue_line("markers", line)
+    if not config.getoption("--motorpool-user-cache", False):
+        _isolate_cache(config)
+
+
+def _isolate_cache(config: pytest.Config) -> None:
+    """Point MOTORPOOL_CACHE at a fresh directory for the session (restored and removed at the end)."""
+    previous = os.environ.get(CACHE_ENV)
+    root = tempfile.mkdtemp(prefix="motorpool-test-cache-")
+    os.environ[CACHE_ENV] = root
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = previous
+        shutil.rmtree(root, ignore_errors=True)
+
+    config.add_cleanup(restore)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
