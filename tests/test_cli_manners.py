@@ -202,6 +202,15 @@ def test_bench_table_fits_80_columns_and_numbers_never_break():
         assert any(figure in line for line in lines), (figure, text)  # each whole on one line
     assert "did not settle" in text and "tensorrt int8: unavailable: torch-tensorrt is not installed" in text
     assert "4321 queries/s at p99 <= 10 ms" in text
+    # a priced run's cost column fits too, each figure whole
+    from motorpool.measuring.cost import annotate
+
+    console = Console(width=80, record=True)
+    bench_output.print_table(annotate(_suite(), 0.72), console)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    row = next(line for line in lines if line.strip().startswith("32 ") or " 32 " in line and "~123.5" in line)
+    assert "~246.9" in row and "123456" in row and "1.62e-06" in row, row
 
 
 def test_server_rate_is_in_the_table_json_markdown_and_chart(tmp_path):

@@ -155,7 +155,7 @@ def rich_table(suite: BenchSuite):
     """Every column in one table (for a terminal at least :data:`WIDE` columns wide)."""
     cols = columns(suite)
     return _table(f"motorpool bench: {suite.model}", suite.machine.get("summary", ""), {c: c for c in cols},
-                  rows(suite))
+                  rows(suite), cols)
 
 
 def narrow_tables(suite: BenchSuite) -> list:
@@ -167,9 +167,11 @@ def narrow_tables(suite: BenchSuite) -> list:
     ok = [r for r in body if r[0] and r[3] not in ("failed", "unavailable")]
     cols = columns(suite)
     figures = {**NARROW_FIGURES, **(NARROW_COST if priced(suite) else {})}
-    tables = [_table(f"motorpool bench: {suite.model}", None, figures, body, cols, box=box.SIMPLE_HEAD)]
+    tables = [_table(f"motorpool bench: {suite.model}", None, figures, body, cols, box=box.SIMPLE_HEAD,
+                     collapse_padding=True, pad_edge=False)]
     if ok:
-        tables.append(_table(None, suite.machine.get("summary", ""), NARROW_ENGINE, ok, box=box.SIMPLE_HEAD))
+        tables.append(_table(None, suite.machine.get("summary", ""), NARROW_ENGINE, ok, cols, box=box.SIMPLE_HEAD,
+                             collapse_padding=True, pad_edge=False))
     return tables
 
 
