@@ -54,7 +54,7 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, backend: str | Seque
 
 
 def load(path: str | Path, *, strict: bool = False, device: str | None = None, verify: bool = False,
-         gate: Gate | None = None) -> Engine:
+         gate: Gate | None = None, options: Mapping[str, Any] | None = None) -> Engine:
     """Load an engine that ``Engine.save`` (or ``motorpool.export``) wrote. Reads no pickle; checks every checksum.
 
     If the artifact was made for other hardware or versions, that is said in a warning (or, with
@@ -64,8 +64,11 @@ def load(path: str | Path, *, strict: bool = False, device: str | None = None, v
     ``verify=True`` re-checks the quality gate the engine was compiled with, on this machine, against the
     reference outputs stored with it (:class:`motorpool.GateError` if it now fails). A custom metric's
     function is not stored: pass the gate again as ``gate=`` (which also re-checks).
+
+    ``options``: what the backend takes at load time (declared with ``Option.load``), e.g. ``{"num_threads": 2}``
+    on onnxruntime and openvino; any other key is an :class:`OptionError`.
     """
-    engine = open_saved(path, strict=strict, device=device)
+    engine = open_saved(path, strict=strict, device=device, options=dict(options or {}))
     manifest = engine.manifest
     if (manifest.get("verification") or {}).get("status") == PENDING:
         engine.report.verification = verify_stored(engine, path, manifest)

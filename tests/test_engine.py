@@ -308,3 +308,15 @@ def test_a_manifest_cannot_steer_load_options(tmp_path):
         loaded = motorpool.load(path)
     torch.testing.assert_close(loaded(x[0]), engine(x[0]))
     assert not elsewhere.exists()
+
+
+def test_load_takes_the_load_time_options_a_backend_declares(tmp_path):
+    pytest.importorskip("onnxruntime", reason='onnxruntime is not installed: pip install "motorpool[onnxruntime]"')
+    model, x = zoo.get("mlp").build(2)
+    path = motorpool.compile(model, x, backend="onnxruntime", cache=False).save(tmp_path / "e")
+    engine = motorpool.load(path, options={"num_threads": 1})
+    assert engine.runner.info["session"]["intra_op_num_threads"] == 1
+    torch.testing.assert_close(engine(x[0]), model(x[0]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(motorpool.OptionError, match="'opset' is not an option of backend 'onnxruntime' when "
+                                                    "loading.*valid: num_threads"):
+        motorpool.load(path, options={"opset": 17})

@@ -122,6 +122,7 @@ class OnnxRuntimeBackend(Backend):
     )
     options = (
         Option("graph_optimization_level", str, "all", "ONNX Runtime's graph optimizations", choices=OPT_LEVELS),
+        Option("num_threads", int, None, "the session's threads (intra-op; inter-op 1); also when loading", load=True),
         Option("intra_op_num_threads", int, 0, "threads inside an operator (0: ONNX Runtime's default)"),
         Option("inter_op_num_threads", int, 0, "threads across operators (parallel execution mode)"),
         Option("execution_mode", str, "sequential", "run operators one after another or in parallel",
@@ -195,7 +196,7 @@ class OnnxRuntimeBackend(Backend):
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         import onnxruntime as ort
 
-        config = {**SESSION_DEFAULTS, **metadata.get("session", {})}
+        config = _with_threads({**SESSION_DEFAULTS, **metadata.get("session", {})}, options.extra)
         providers = choose_providers(options.device, ort.get_available_providers(), config.get("providers"))
         # the session reads the files as they are; copy them so the runner can save again after the
         # user deletes or rewrites the loaded directory
@@ -307,6 +308,13 @@ def session_config(extra: dict[str, Any]) -> dict[str, Any]:
             raise UnsupportedError(f"{key} must be a non-negative integer, got {config[key]!r}", backend=NAME)
     if extra.get("providers"):
         config["providers"] = [p if isinstance(p, str) else [p[0], dict(p[1])] for p in extra["providers"]]
+    return _with_threads(config, extra)
+
+
+def _with_threads(config: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``num_threads`` (compile or load option) as the session's intra-op pool, one inter-op thread."""
+    if extra.get("num_threads"):
+        return {**config, "intra_op_num_threads": int(extra["num_threads"]), "inter_op_num_threads": 1}
     return config
 
 

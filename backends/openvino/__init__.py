@@ -167,7 +167,7 @@ class OpenVINOBackend(Backend):
         Option("performance_hint", str, "LATENCY", "PERFORMANCE_HINT", choices=PERFORMANCE_HINTS
                + tuple(h.lower() for h in PERFORMANCE_HINTS)),
         Option("num_streams", (int, str), None, "NUM_STREAMS"),
-        Option("num_threads", int, None, "INFERENCE_NUM_THREADS"),
+        Option("num_threads", int, None, "INFERENCE_NUM_THREADS; also when loading", load=True),
         Option("int8", str, None, "how int8 is made: static (NNCF, calibrated) or weights (weight-only; the default "
                "without calibration)", choices=("auto", "static", "weights")),
         Option("model_type", str, None, "NNCF's model type (transformer)"),
@@ -226,6 +226,8 @@ class OpenVINOBackend(Backend):
         cache_dir = options.extra.get("cache_dir", default_cache_dir())
         if cache_dir:
             config["CACHE_DIR"] = str(cache_dir)
+        if options.extra.get("num_threads"):
+            config["INFERENCE_NUM_THREADS"] = str(int(options.extra["num_threads"]))
         xml = directory / metadata.get("xml", XML)
         if not xml.exists() or not xml.with_suffix(".bin").exists():
             raise ArtifactError(f"{directory} lacks the OpenVINO IR ({XML} + {BIN})")

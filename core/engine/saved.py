@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch.utils._pytree as pytree
 
-from ..plugin.contract import CompileOptions
+from ..plugin.contract import CompileOptions, check_options
 from ..plugin.errors import ArtifactError, BackendUnavailable, MotorpoolError
 from ..plugin.helpers import host_device
 from ..plugin.registry import get_registry, safe_availability
@@ -23,20 +23,25 @@ from .manifest import ARTIFACT_DIR, read_manifest
 from .report import Report
 
 
-def load_options(b, stored: dict, path: Path) -> dict:
-    """The manifest's options a backend may be given at load: those it declares with ``Option.load``. The
-    others shaped the compile and are kept for the record; a manifest cannot choose, say, where a runtime
-    writes its cache. A key the backend does not declare at all is warned about."""
+def load_options(b, stored: dict, path: Path, given: dict | None = None) -> dict:
+    """The options a backend is given at load: those of the manifest's it declares with ``Option.load``, then
+    the caller's (``given``, checked against the same declarations). The manifest's other options shaped the
+    compile and are kept for the record; a manifest cannot choose, say, where a runtime writes its cache. A
+    key the backend does not declare at all is warned about."""
     declared = b.declared_options()
     unknown = sorted(k for k in stored if k not in declared)
     if unknown:
         warnings.warn(f"{path}: the manifest's options {unknown} are not options of {b.name}; ignored",
                       stacklevel=3)
-    return {k: v for k, v in stored.items() if k in declared and declared[k].load}
+    at_load = {k: o for k, o in declared.items() if o.load}
+    check_options(given or {}, at_load, what=f"backend {b.name!r} when loading")
+    return {**{k: v for k, v in stored.items() if k in at_load}, **(given or {})}
 
 
-def open_saved(path: str | Path, *, strict: bool = False, device: str | None = None, stacklevel: int = 2) -> Engine:
-    """The engine saved at ``path``. Reads no pickle; checks every checksum.
+def open_saved(path: str | Path, *, strict: bool = False, device: str | None = None, options: dict | None = None,
+               stacklevel: int = 2) -> Engine:
+    """The engine saved at ``path``. Reads no pickle; checks every checksum. ``options`` are load-time options
+    the backend declares (``Option.load``: threads, for instance).
 
     Differences between where it was made and here are a warning, or with ``strict=True`` an
     :class:`ArtifactError`.
@@ -56,7 +61,7 @@ def open_saved(path: str | Path, *, strict: bool = False, device: str | None = N
     dev = device or manifest.get("device", spec.device)
     spec = spec.with_device(host_device(dev))
     opts = CompileOptions(device=dev, precision=manifest["precision"], spec=spec,
-                          extra=load_options(b, manifest.get("options") or {}, path))
+                          extra=load_options(b, manifest.get("options") or {}, path, options))
     t0 = time.perf_counter()
     try:
         runner = b.load(path / ARTIFACT_DIR, manifest.get("backend_metadata", {}), opts)
