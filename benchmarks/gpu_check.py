@@ -169,7 +169,8 @@ def run_cell(motorpool, name, model, make, backend, extra, precision, device, ea
 
 
 def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    width = int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
+    return "-".rjust(width) if v is None else format(v, spec)
 
 
 def print_table(rows):
