@@ -34,7 +34,8 @@ from typing import Any, Sequence
 
 import torch
 
-import motorpool
+from motorpool.plugin import MotorpoolError
+from motorpool.serving.dynamic_batcher import DynamicBatcher
 
 SCENARIOS = ("SingleStream", "Offline", "Server")
 EXTRA = "loadgen"
@@ -112,7 +113,7 @@ def figures_from_summary(scenario: str, summary: dict[str, str]) -> tuple[str, f
     """(verdict, samples per second, latency percentiles in ms, validity checks) from a parsed summary."""
     verdict = summary.get("Result is", "")
     if verdict not in ("VALID", "INVALID"):
-        raise motorpool.MotorpoolError(f"LoadGen's summary has no 'Result is : VALID|INVALID' line "
+        raise MotorpoolError(f"LoadGen's summary has no 'Result is : VALID|INVALID' line "
                                        f"(got {verdict!r})")
     # Each scenario's headline throughput, then the generic one
     keys = {"Offline": ("Samples per second",),
@@ -199,7 +200,7 @@ class _SUT:
         self._threads: list[threading.Thread] = []
         self.batcher = None
         if scenario == "Server":
-            self.batcher = motorpool.DynamicBatcher(engine, max_batch_size=server_batch,
+            self.batcher = DynamicBatcher(engine, max_batch_size=server_batch,
                                                     max_delay_ms=server_delay_ms, max_queue=1 << 16,
                                                     workers=server_workers, name="motorpool-loadgen-server")
 
@@ -320,7 +321,7 @@ def run_scenario(engine, scenario: str, *, samples: Sequence[tuple], calibration
         lg.DestroySUT(sut)
     path = outdir / SUMMARY
     if not path.is_file():
-        raise motorpool.MotorpoolError(f"LoadGen wrote no {SUMMARY} in {outdir}")
+        raise MotorpoolError(f"LoadGen wrote no {SUMMARY} in {outdir}")
     summary = parse_summary(path.read_text(errors="replace"))
     verdict, sps, latency, checks = figures_from_summary(scenario, summary)
     if sut_impl.first_error is not None:

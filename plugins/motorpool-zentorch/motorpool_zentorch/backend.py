@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import motorpool
-from motorpool import (Availability, Backend, Capabilities, CompileError, CompileOptions, Runner, Status,
-                       UnsupportedError)
+from motorpool.plugin import (ArtifactError, Availability, Backend, Capabilities, CompileError, CompileOptions,
+                              Runner, Status, UnsupportedError)
 
 ARTIFACT = "model.pt2"
 FIX = 'pip install "motorpool-zentorch"  # brings the zentorch release that pairs with your torch'
@@ -196,7 +195,7 @@ class ZentorchBackend(Backend):
         try:
             program = torch.export.load(directory / metadata.get("file", ARTIFACT))
         except Exception as exc:  # noqa: BLE001
-            raise motorpool.ArtifactError(f"cannot read the zentorch engine's program: {exc}") from exc
+            raise ArtifactError(f"cannot read the zentorch engine's program: {exc}") from exc
         source = program.module()
         try:
             compiled = _compile(copy.deepcopy(source), options.spec)
