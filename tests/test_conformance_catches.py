@@ -4,7 +4,8 @@ The toys run a real model (eager PyTorch inside), so the only thing wrong with e
 honest twin of the liar passes the very same checks, so the failures come from the defects alone:
 ``liar`` claims thread safety it lacks, ``wrongshape`` returns the first row of the batch only, ``hoarder``
 declares a serializable artifact it will not write, ``mute`` is unavailable without saying why, ``nan``
-puts one NaN in its output.
+puts one NaN in its output, ``rewriter`` runs a copy right but re-lays the caller's weights out (as a
+backend reordering weights into its own blocked layout in place would).
 The suite runs in a pytest subprocess, so the toys never enter this process's registry.
 """
 
@@ -13,6 +14,7 @@ import textwrap
 import pytest
 
 TOYS = textwrap.dedent('''
+    import copy
     import threading
     import time
 
@@ -72,7 +74,15 @@ TOYS = textwrap.dedent('''
             return out
 
 
-    def toy(name, runner_cls, thread_safe, serializable=False, availability=None):
+    def relayout(model):
+        """The caller's 2-D weights, same values, in column-major layout: what an in-place reorder leaves."""
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.data = p.data.t().contiguous().t()
+
+
+    def toy(name, runner_cls, thread_safe, serializable=False, availability=None, touch=None):
         class Toy(Backend):
             capabilities = Capabilities(devices=("cpu",), thread_safe=thread_safe, serializable=serializable)
 
@@ -80,6 +90,10 @@ TOYS = textwrap.dedent('''
                 return availability or Availability.ok(version="0.0", devices=["cpu"])
 
             def compile(self, model, example_inputs, options):
+                if touch is not None:
+                    runner = runner_cls(copy.deepcopy(model), options.device, options.precision)
+                    touch(model)
+                    return runner
                 return runner_cls(model, options.device, options.precision)
 
             def load(self, directory, metadata, options):
@@ -99,13 +113,15 @@ TOYS = textwrap.dedent('''
     # not available, and will not say why
     MUTE = toy("mute", LocalStateRunner, thread_safe=True,
                availability=Availability(motorpool.Status.NO_DEVICE, reason=""))
+    # right answers from a copy, but the caller's weights are left re-laid out
+    REWRITER = toy("rewriter", LocalStateRunner, thread_safe=True, touch=relayout)
 ''')
 
 CONFTEST = textwrap.dedent('''
     import motorpool
     import toys
 
-    for cls in (toys.LIAR, toys.HONEST, toys.WRONG_SHAPE, toys.HOARDER, toys.MUTE, toys.NAN):
+    for cls in (toys.LIAR, toys.HONEST, toys.WRONG_SHAPE, toys.HOARDER, toys.MUTE, toys.NAN, toys.REWRITER):
         motorpool.get_registry().register(cls, provider="test toy")
 ''')
 
@@ -114,7 +130,7 @@ SUITE = textwrap.dedent('''
 
 
     class TestToys(BackendConformance):
-        backends = ("liar", "honest", "wrongshape", "hoarder", "mute", "nan")
+        backends = ("liar", "honest", "wrongshape", "hoarder", "mute", "nan", "rewriter")
         zoo_models = ("mlp", "dict_out")
         thread_models = ("mlp",)
 ''')
@@ -174,6 +190,7 @@ def test_honest_twin_passes_the_same_thread_checks(results):
     for test in ("test_declared_thread_safety_of_runner[mlp-honest-cpu]",
                  "test_concurrent_calls_through_engine[mlp-honest-cpu]",
                  "test_compile_and_run[mlp-honest-cpu]", "test_numerics_on_fresh_inputs[dict_out-honest-cpu]",
+                 "test_compile_leaves_the_model_unchanged[mlp-honest-cpu]",
                  "test_bad_inputs_raise_input_error[dict_out-honest-cpu]",
                  "test_save_load_in_fresh_process[honest-cpu]"):
         kind, message = outcome(results, test)
@@ -218,3 +235,12 @@ def test_an_unavailable_backend_that_gives_no_reason_is_caught(results):
 def test_nan_never_passes(results, test):
     kind, message = outcome(results, test)
     assert kind == "failed" and "NaN/Inf where the reference is finite" in message, message
+
+
+def test_a_backend_that_rewrites_the_callers_weights_is_caught(results):
+    kind, message = outcome(results, "test_compile_leaves_the_model_unchanged[mlp-rewriter-cpu]")
+    assert kind == "failed", message
+    assert "rewriter changed" in message and "stride" in message, message
+    # its answers are right: only the model check points at it
+    kind, message = outcome(results, "test_compile_and_run[mlp-rewriter-cpu]")
+    assert kind == "passed", message

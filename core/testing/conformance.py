@@ -22,7 +22,8 @@ backend's own reason) for:
 - many threads calling one engine with distinct inputs, each result matching its own input; and, when the
   backend declares ``thread_safe``, the same on its runner directly, with no lock in between;
 - save, then load and run in a fresh process (one child per backend for all models);
-- a well-formed ``availability()`` answer and well-formed capabilities.
+- a well-formed ``availability()`` answer and well-formed capabilities;
+- the caller's model unchanged by compiling (weights, buffers, their layout, the mode).
 
 Known gaps are declared with markers carrying a reason (see :mod:`motorpool.testing.plugin`)::
 
@@ -198,6 +199,24 @@ class BackendConformance:
             assert isinstance(leaf, torch.Tensor), f"output {i} is {type(leaf).__name__}; tensors in give tensors out"
         compare_outputs(reference(compiled.model, compiled.examples), out, "fp32",
                         what=f"{backend.name} on zoo {compiled.case.name}, example inputs")
+
+    def test_compile_leaves_the_model_unchanged(self, compiled, backend):
+        """Compiling must not touch the caller's model: no weight rewritten, reordered, cast or moved, the
+        mode kept (a backend that rewrites weights, as zentorch does, works on a copy)."""
+        compiled.require()
+        pristine, _ = compiled.case.build(batch=2)  # the same seed: the model as it was handed over
+        model = compiled.model
+        assert model.training == pristine.training, f"{backend.name} changed the model's train/eval mode"
+        before, after = pristine.state_dict(), model.state_dict()
+        assert list(after) == list(before), \
+            f"{backend.name} changed the model's state_dict keys: {sorted(set(after) ^ set(before))}"
+        for name, was in before.items():
+            now = after[name]
+            assert (now.dtype, now.device, tuple(now.shape), now.stride()) == \
+                   (was.dtype, was.device, tuple(was.shape), was.stride()), \
+                f"{backend.name} changed {name}: {was.dtype} {tuple(was.shape)} stride {was.stride()} on " \
+                f"{was.device} -> {now.dtype} {tuple(now.shape)} stride {now.stride()} on {now.device}"
+            assert torch.equal(now, was), f"{backend.name} rewrote the values of {name}"
 
     def test_numerics_on_fresh_inputs(self, compiled, backend):
         engine = compiled.require()
