@@ -11,12 +11,12 @@ Per model, in this process:
 1. ``auto``: ``motorpool.compile(backend="auto")`` with an empty decision cache: the backend it picks;
 2. every CPU backend compiled once (dynamic batch; ``compile s``), saved, and loaded again in a fresh
    process with an empty Inductor cache dir (``load s``: the ``motorpool.load`` call alone);
-3. ``fastest``: ``motorpool.select`` at each batch (objective ``p50@B``): the backend it picks;
+3. ``fastest``: ``motorpool.select`` at each batch (objective ``p50@B``; ``--fastest-batches``): its pick;
 4. afterwards, the engines from step 2 timed at batch 1 and 32 in interleaved rounds (every backend once
    per round, the round order shuffled): the p50 of each, the best, and the regret of each pick
    (its time / the best time, 1.00 = it picked the best).
 
-    python benchmarks/bench_real.py --quick          # 4 models, minutes on 2 cores
+    python benchmarks/bench_real.py --quick          # BERT, ViT, MiniLM; fastest at batch 1 only
     python benchmarks/bench_real.py                   # every model
     python benchmarks/bench_real.py --models bert,vit --backends onnxruntime,openvino --json out.json
 
@@ -46,7 +46,7 @@ import torch.nn as nn
 
 CPU_BACKENDS = ("eager", "torchscript", "torch_compile", "onnxruntime", "openvino")
 BATCHES = (1, 32)
-QUICK_MODELS = ("bert", "gpt2", "vit", "minilm")
+QUICK_MODELS = ("bert", "vit", "minilm")
 
 
 class Hidden(nn.Module):
@@ -226,7 +226,7 @@ def bench_model(name: str, args, tmp: Path) -> dict:
     # 3. fastest, per batch
     for batch in args.batches:
         entry: dict = {}
-        if args.fastest:
+        if args.fastest and batch in args.fastest_batches:
             t0 = time.perf_counter()
             try:
                 sel = motorpool.select(model, examples, backends=list(engines), objective=f"p50@{batch}",
@@ -327,6 +327,8 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=None)
     p.add_argument("--no-fastest", dest="fastest", action="store_false", help="skip motorpool.select")
     p.add_argument("--fastest-budget", type=float, default=None, help="select's timing budget (s)")
+    p.add_argument("--fastest-batches", default=None,
+                   help="batches motorpool.select is run for (default: every batch; --quick: 1)")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--json", default=None)
     p.add_argument("--load-child", help=argparse.SUPPRESS)
@@ -336,6 +338,8 @@ def main(argv=None) -> int:
         return 0
     args.backends = [b for b in args.backends.split(",") if b]
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.fastest_batches = ([int(b) for b in args.fastest_batches.split(",")] if args.fastest_batches
+                            else [1] if args.quick else args.batches)
     names = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else ALL_MODELS)
     args.rounds = args.rounds or (5 if args.quick else 9)
     args.calls = args.calls or (8 if args.quick else 16)

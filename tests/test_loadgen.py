@@ -1,5 +1,6 @@
 """MLPerf LoadGen over a motorpool engine: each scenario runs for real and LoadGen's figures come back."""
 
+import json
 import math
 
 import pytest
@@ -77,3 +78,28 @@ def test_summary_parsing_rejects_a_summary_without_a_verdict():
 def test_unknown_scenario_names_the_valid_ones(engine):
     with pytest.raises(ValueError, match="SingleStream, Offline, Server"):
         loadgen.run_loadgen(engine, scenarios=["MultiStream"])
+
+
+def test_cli_runs_a_scenario_and_writes_the_figures(tmp_path, capsys):
+    from motorpool.cli import main
+
+    out = tmp_path / "lg.json"
+    rc = main(["loadgen", "zoo:mlp", "--backend", "eager", "--scenarios", "SingleStream,Server",
+               "--min-duration-ms", "300", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    figures = json.loads(out.read_text())
+    assert figures["backend"] == "eager" and set(figures["results"]) == {"SingleStream", "Server"}
+    for scenario, result in figures["results"].items():
+        assert result["verdict"] in ("VALID", "INVALID") and result["samples_per_second"] > 0
+        assert f"{scenario:<12} {result['verdict']}" in printed
+
+
+def test_cli_usage_errors_exit_2_with_one_line(capsys):
+    from motorpool.cli import main
+
+    assert main(["loadgen", "zoo:mlp", "--scenarios", "MultiStream"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MultiStream" in err[0] and "SingleStream, Offline, Server" in err[0]
+    assert main(["loadgen"]) == 2
+    assert "MODEL or --engine" in capsys.readouterr().err

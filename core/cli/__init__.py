@@ -8,8 +8,8 @@ import importlib
 import sys
 
 #: subcommand modules, in the order ``motorpool --help`` lists them
-COMMANDS = ["doctor", "demo", "compile", "run", "bench", "profile", "cache", "optimize", "serve", "export_triton",
-            "new_backend"]
+COMMANDS = ["doctor", "demo", "compile", "run", "bench", "loadgen", "profile", "cache", "optimize", "serve",
+            "export_triton", "new_backend"]
 
 
 def build_parser() -> argparse.ArgumentParser:
