@@ -51,7 +51,7 @@ def test_settings_come_from_the_calibration(run):
     cal = run["calibration"]
     ss, off, server = (run["results"][s].settings for s in loadgen.SCENARIOS)
     assert ss["single_stream_expected_latency_ms"] == cal.latency_p50_ms
-    assert off["offline_expected_qps"] == cal.throughput
+    assert off["offline_expected_qps"] == pytest.approx(1.5 * cal.throughput)
     assert 0 < server["server_target_qps"] < max(cal.throughput, 1e3 / cal.latency_p50_ms)
     assert server["server_target_latency_ms"] >= 10
 
