@@ -16,11 +16,13 @@ def register(sub) -> None:
     p = sub.add_parser("loadgen", help="run MLPerf LoadGen's SingleStream/Offline/Server over one engine",
                        description=__doc__)
     p.add_argument("model", nargs="?", help="package.module:factory, a .pt2 file or zoo:NAME")
-    p.add_argument("--engine", help="a saved engine directory (instead of MODEL)")
+    p.add_argument("--engine", help="a saved engine directory to load instead of compiling MODEL "
+                   "(default: compile MODEL)")
     p.add_argument("--backend", default="auto", help="backend to compile MODEL for (default auto)")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8"),
+                   help="precision to compile MODEL at (default fp32)")
     p.add_argument("--scenarios", default="SingleStream,Offline,Server",
-                   help="comma-separated: SingleStream, Offline, Server")
+                   help="comma-separated: SingleStream, Offline, Server (default SingleStream,Offline,Server)")
     p.add_argument("--min-duration-ms", type=int, default=1000, help="LoadGen's min_duration (default 1000 ms)")
     p.add_argument("--offline-batch", type=int, default=32, help="rows per engine call in Offline (default 32)")
     p.add_argument("--server-target-qps", type=float, default=None,
@@ -28,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--server-latency-ms", type=float, default=None,
                    help="Server's target latency (default: from the measurement, at least 10 ms)")
     p.add_argument("--log-dir", default=None, help="keep LoadGen's logs here (default: a temporary directory)")
-    p.add_argument("--json", default=None, help="write every figure to this file")
+    p.add_argument("--json", default=None, help="write every figure to this file (default: none written)")
     p.set_defaults(func=run)
 
 
