@@ -230,6 +230,173 @@ def _check_number(name: str, value: Any, *, low: float, high: float | None = Non
                          f"{value!r}", input=name, expected=bound, got=value)
 
 
+# -- the technique's steps ------------------------------------------------------------------------------------
+
+
+def _check_arguments(teacher: Callable, student: nn.Module, *, epochs: int, lr: float, temperature: float,
+                     alpha: float, batch_size: int, val_fraction: float, patience: int) -> None:
+    if not isinstance(student, nn.Module):
+        raise InputError(f"student: expected a torch.nn.Module to train, got {type(student).__name__}",
+                         input="student", expected="nn.Module", got=type(student).__name__)
+    if not callable(teacher):
+        raise InputError(f"teacher: expected an nn.Module or an engine called like the model, got "
+                         f"{type(teacher).__name__}", input="teacher", expected="callable",
+                         got=type(teacher).__name__)
+    if teacher is student:
+        raise InputError("teacher and student are the same object; pass a separate student",
+                         input="student", expected="a different module", got="the teacher")
+    _check_number("epochs", epochs, low=1, integer=True)
+    _check_number("batch_size", batch_size, low=1, integer=True)
+    _check_number("patience", patience, low=1, integer=True)
+    _check_number("lr", lr, low=0, low_open=True)
+    _check_number("temperature", temperature, low=0, low_open=True)
+    _check_number("alpha", alpha, low=0, high=1)
+    _check_number("val_fraction", val_fraction, low=0, high=0.9)
+
+
+def _run_teacher(teacher: Callable, inputs: tuple[torch.Tensor, ...], output: int | str, batch_size: int,
+                 device: torch.device) -> tuple[torch.Tensor, int | None]:
+    """The teacher's logits on every sample and its FLOPs per sample; a module's train/eval mode is restored."""
+    teacher_was_training = teacher.training if isinstance(teacher, nn.Module) else None
+    if isinstance(teacher, nn.Module):
+        teacher.eval()
+    try:
+        soft_targets = _teacher_logits(teacher, inputs, output, max(batch_size, 256)).to(device)
+        flops_before = _count_flops(teacher, _rows(inputs, slice(0, 1))) if isinstance(teacher, nn.Module) else None
+    finally:
+        if teacher_was_training:
+            teacher.train()
+    return soft_targets, flops_before
+
+
+def _check_label_range(targets: torch.Tensor, classes: int) -> None:
+    if int(targets.min()) < 0 or int(targets.max()) >= classes:
+        raise InputError(f"labels: expected class indices in 0..{classes - 1} (the teacher has "
+                         f"{classes} outputs), got {int(targets.min())}..{int(targets.max())}",
+                         input="labels", expected=f"0..{classes - 1}",
+                         got=(int(targets.min()), int(targets.max())))
+
+
+def _split(rows: int, val_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(val_idx, train_idx)``: a seeded shuffle of the rows, the first ``val_fraction`` of it held out."""
+    order = torch.randperm(rows, generator=generator)
+    n_val = int(round(rows * val_fraction)) if val_fraction > 0 else 0
+    if val_fraction > 0:
+        n_val = max(1, n_val)
+        if rows - n_val < 1:
+            raise InputError(f"data: {rows} sample(s) cannot be split into training and held-out "
+                             f"parts (val_fraction={val_fraction}); give more data or val_fraction=0",
+                             input="data", expected="at least 2 samples", got=rows)
+    return order[:n_val], order[n_val:]
+
+
+@dataclass
+class _Lesson:
+    """The student and what it learns from: the inputs, the teacher's logits and the optional labels."""
+
+    student: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    soft_targets: torch.Tensor
+    targets: torch.Tensor | None
+    output: int | str
+    temperature: float
+    alpha: float
+
+    def logits(self, idx: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.student(*_rows(self.inputs, idx)), self.output, "student")
+
+    def loss(self, got: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return _loss(got, self.soft_targets[idx], None if self.targets is None else self.targets[idx],
+                     self.temperature, self.alpha)
+
+    def check_classes(self, idx: torch.Tensor) -> None:
+        """The student's logits must be shaped like the teacher's; probed on two samples before training."""
+        classes = self.soft_targets.shape[1]
+        self.student.eval()
+        with torch.no_grad():
+            probe = self.logits(idx[:2])
+        if probe.shape[1] != classes:
+            raise InputError(f"student: outputs {probe.shape[1]} classes but the teacher outputs {classes}; "
+                             "their logits must have the same shape", input="student",
+                             expected=[probe.shape[0], classes], got=list(probe.shape))
+
+    def evaluate(self, idx: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The student's loss and logits on rows ``idx``, in eval mode."""
+        self.student.eval()
+        with torch.no_grad():
+            got = torch.cat([self.logits(idx[i:i + 256]).float() for i in range(0, len(idx), 256)])
+        return float(self.loss(got, idx)), got
+
+    def train_epoch(self, optimizer: torch.optim.Optimizer, shuffled: torch.Tensor, batch_size: int,
+                    epoch: int, lr: float) -> torch.Tensor:
+        """One pass over ``shuffled`` in mini-batches; returns the last batch's loss."""
+        self.student.train()
+        for start in range(0, len(shuffled), batch_size):
+            idx = shuffled[start:start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(self.logits(idx).float(), idx)
+            if not torch.isfinite(loss):
+                raise MotorpoolError(f"distillation diverged at epoch {epoch} (loss {float(loss)}); "
+                                     f"try a smaller lr than {lr:g}")
+            loss.backward()
+            optimizer.step()
+        return loss
+
+
+@dataclass
+class _EarlyStopping:
+    """The best held-out loss so far, the weights and epoch that gave it, and epochs since."""
+
+    patience: int
+    best_loss: float = math.inf
+    best_state: dict[str, Any] | None = None
+    best_epoch: int = 0
+    since_best: int = 0
+
+    def should_stop(self, epoch: int, val_loss: float, student: nn.Module) -> bool:
+        # 1e-6: a loss that only jitters in the last digits is no improvement worth waiting for
+        if val_loss < self.best_loss - 1e-6:
+            self.best_loss, self.best_epoch, self.since_best = val_loss, epoch, 0
+            self.best_state = copy.deepcopy(student.state_dict())
+        else:
+            self.since_best += 1
+        return self.since_best >= self.patience
+
+
+def _train(lesson: _Lesson, train_idx: torch.Tensor, val_idx: torch.Tensor, generator: torch.Generator, *,
+           epochs: int, lr: float, batch_size: int, patience: int, bar: _Bar, seed: int) -> tuple[int, int]:
+    """Adam for up to ``epochs``, stopping early on the held-out loss; loads the best weights when there is a
+    held-out split. Returns ``(epochs_run, best_epoch)``."""
+    optimizer = torch.optim.Adam(lesson.student.parameters(), lr=lr)
+    stopping = _EarlyStopping(patience)
+    epoch = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for epoch in range(1, epochs + 1):
+            shuffled = train_idx[torch.randperm(len(train_idx), generator=generator)]
+            loss = lesson.train_epoch(optimizer, shuffled, batch_size, epoch, lr)
+            if len(val_idx):
+                val_loss, _ = lesson.evaluate(val_idx)
+                stop = stopping.should_stop(epoch, val_loss, lesson.student)
+                bar.update(epoch, f"held-out loss {val_loss:.4f} (best {stopping.best_loss:.4f} @ "
+                                  f"{stopping.best_epoch})")
+                if stop:
+                    break
+            else:
+                stopping.best_epoch = epoch
+                bar.update(epoch, f"loss {float(loss):.4f}")
+    if stopping.best_state is not None:
+        lesson.student.load_state_dict(stopping.best_state)
+    return epoch, stopping.best_epoch
+
+
+def _accuracies(teacher_top: torch.Tensor, student_top: torch.Tensor,
+                truth: torch.Tensor | None) -> tuple[float | None, float | None]:
+    if truth is None:
+        return None, None
+    return float((teacher_top == truth).double().mean()), float((student_top == truth).double().mean())
+
+
 # -- the technique ------------------------------------------------------------------------------------------
 
 
@@ -252,127 +419,41 @@ def distill(teacher: Callable, student: nn.Module, data: Any, *, labels: Any = N
     - ``progress``: a one-line bar on stderr; None shows it only on a terminal.
     - ``seed``: the split, the shuffling and the student's randomness (dropout); the global RNG is untouched.
     """
-    if not isinstance(student, nn.Module):
-        raise InputError(f"student: expected a torch.nn.Module to train, got {type(student).__name__}",
-                         input="student", expected="nn.Module", got=type(student).__name__)
-    if not callable(teacher):
-        raise InputError(f"teacher: expected an nn.Module or an engine called like the model, got "
-                         f"{type(teacher).__name__}", input="teacher", expected="callable",
-                         got=type(teacher).__name__)
-    if teacher is student:
-        raise InputError("teacher and student are the same object; pass a separate student",
-                         input="student", expected="a different module", got="the teacher")
-    _check_number("epochs", epochs, low=1, integer=True)
-    _check_number("batch_size", batch_size, low=1, integer=True)
-    _check_number("patience", patience, low=1, integer=True)
-    _check_number("lr", lr, low=0, low_open=True)
-    _check_number("temperature", temperature, low=0, low_open=True)
-    _check_number("alpha", alpha, low=0, high=1)
-    _check_number("val_fraction", val_fraction, low=0, high=0.9)
+    _check_arguments(teacher, student, epochs=epochs, lr=lr, temperature=temperature, alpha=alpha,
+                     batch_size=batch_size, val_fraction=val_fraction, patience=patience)
     inputs = _as_inputs(data, "data")
     rows = int(inputs[0].shape[0])
     targets = None if labels is None else _as_labels(labels, rows)
     device = next((p.device for p in student.parameters()), torch.device("cpu"))
     inputs = tuple(x.to(device) for x in inputs)
-
-    teacher_was_training = teacher.training if isinstance(teacher, nn.Module) else None
-    if isinstance(teacher, nn.Module):
-        teacher.eval()
-    try:
-        soft_targets = _teacher_logits(teacher, inputs, output, max(batch_size, 256)).to(device)
-        flops_before = _count_flops(teacher, _rows(inputs, slice(0, 1))) if isinstance(teacher, nn.Module) else None
-    finally:
-        if teacher_was_training:
-            teacher.train()
-    classes = soft_targets.shape[1]
+    soft_targets, flops_before = _run_teacher(teacher, inputs, output, batch_size, device)
     if targets is not None:
         targets = targets.to(device)
-        if int(targets.min()) < 0 or int(targets.max()) >= classes:
-            raise InputError(f"labels: expected class indices in 0..{classes - 1} (the teacher has "
-                             f"{classes} outputs), got {int(targets.min())}..{int(targets.max())}",
-                             input="labels", expected=f"0..{classes - 1}",
-                             got=(int(targets.min()), int(targets.max())))
+        _check_label_range(targets, soft_targets.shape[1])
 
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(rows, generator=generator)
-    n_val = int(round(rows * val_fraction)) if val_fraction > 0 else 0
-    if val_fraction > 0:
-        n_val = max(1, n_val)
-        if rows - n_val < 1:
-            raise InputError(f"data: {rows} sample(s) cannot be split into training and held-out "
-                             f"parts (val_fraction={val_fraction}); give more data or val_fraction=0",
-                             input="data", expected="at least 2 samples", got=rows)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    eval_idx = val_idx if n_val else train_idx
+    generator = torch.Generator().manual_seed(seed)  # one stream: the split first, then each epoch's shuffle
+    val_idx, train_idx = _split(rows, val_fraction, generator)
+    eval_idx = val_idx if len(val_idx) else train_idx
+    lesson = _Lesson(student, inputs, soft_targets, targets, output, temperature, alpha)
+    lesson.check_classes(eval_idx)
 
-    student.eval()
-    with torch.no_grad():
-        probe = logits_of(student(*_rows(inputs, eval_idx[:2])), output, "student")
-    if probe.shape[1] != classes:
-        raise InputError(f"student: outputs {probe.shape[1]} classes but the teacher outputs {classes}; "
-                         "their logits must have the same shape", input="student",
-                         expected=[probe.shape[0], classes], got=list(probe.shape))
-
-    def evaluate() -> tuple[float, torch.Tensor]:
-        student.eval()
-        with torch.no_grad():
-            parts = [logits_of(student(*_rows(inputs, eval_idx[i:i + 256])), output, "student").float()
-                     for i in range(0, len(eval_idx), 256)]
-        got = torch.cat(parts)
-        want = soft_targets[eval_idx]
-        loss = _loss(got, want, None if targets is None else targets[eval_idx], temperature, alpha)
-        return float(loss), got
-
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     bar = _Bar(epochs, progress)
     started = time.perf_counter()
-    best_loss, best_state, best_epoch, since_best, epoch = math.inf, None, 0, 0, 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for epoch in range(1, epochs + 1):
-            student.train()
-            shuffled = train_idx[torch.randperm(len(train_idx), generator=generator)]
-            for start in range(0, len(shuffled), batch_size):
-                idx = shuffled[start:start + batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                got = logits_of(student(*_rows(inputs, idx)), output, "student").float()
-                loss = _loss(got, soft_targets[idx], None if targets is None else targets[idx], temperature, alpha)
-                if not torch.isfinite(loss):
-                    raise MotorpoolError(f"distillation diverged at epoch {epoch} (loss {float(loss)}); "
-                                         f"try a smaller lr than {lr:g}")
-                loss.backward()
-                optimizer.step()
-            if n_val:
-                val_loss, _ = evaluate()
-                if val_loss < best_loss - 1e-6:
-                    best_loss, best_epoch, since_best = val_loss, epoch, 0
-                    best_state = copy.deepcopy(student.state_dict())
-                else:
-                    since_best += 1
-                bar.update(epoch, f"held-out loss {val_loss:.4f} (best {best_loss:.4f} @ {best_epoch})")
-                if since_best >= patience:
-                    break
-            else:
-                best_epoch = epoch
-                bar.update(epoch, f"loss {float(loss):.4f}")
-    if best_state is not None:
-        student.load_state_dict(best_state)
-    val_loss, student_logits = evaluate()
+    epochs_run, best_epoch = _train(lesson, train_idx, val_idx, generator, epochs=epochs, lr=lr,
+                                    batch_size=batch_size, patience=patience, bar=bar, seed=seed)
+    val_loss, student_logits = lesson.evaluate(eval_idx)
     seconds = time.perf_counter() - started
     student.eval()
     picked = student_logits.argmax(-1)
     teacher_top = soft_targets[eval_idx].argmax(-1)
-    teacher_acc = student_acc = None
-    if targets is not None:
-        truth = targets[eval_idx]
-        teacher_acc = float((teacher_top == truth).double().mean())
-        student_acc = float((picked == truth).double().mean())
+    teacher_acc, student_acc = _accuracies(teacher_top, picked, None if targets is None else targets[eval_idx])
     report = DistillReport(
         agreement=float((picked == teacher_top).double().mean()), teacher_accuracy=teacher_acc,
         student_accuracy=student_acc, params_before=_params(teacher), params_after=_params(student),
         flops_before=flops_before, flops_after=_count_flops(student, _rows(inputs, slice(0, 1))),
-        epochs_run=epoch, best_epoch=best_epoch, stopped_early=epoch < epochs, best_val_loss=val_loss,
-        train_samples=len(train_idx), val_samples=len(eval_idx), measured_on="held-out" if n_val else "train",
+        epochs_run=epochs_run, best_epoch=best_epoch, stopped_early=epochs_run < epochs, best_val_loss=val_loss,
+        train_samples=len(train_idx), val_samples=len(eval_idx),
+        measured_on="held-out" if len(val_idx) else "train",
         temperature=float(temperature), alpha=float(alpha), train_seconds=seconds)
     bar.close(str(report))
     return student, report
