@@ -275,35 +275,27 @@ class Cascade:
         samples the fast engine keeps is replaced by its one-sided Wilson upper bound at that level, so the
         threshold routes more samples the fewer there are to judge from. None uses the figures as measured.
         """
-        if target_agreement is not None and target_accuracy is not None:
-            raise InputError("calibrate: give target_agreement or target_accuracy, not both",
-                             input="target_accuracy", expected="one target", got="both")
-        if target_accuracy is not None and labels is None:
-            raise InputError("calibrate: target_accuracy needs labels=", input="labels",
-                             expected="class indices [N]", got=None)
-        if confidence_level is not None and (isinstance(confidence_level, bool) or not isinstance(
-                confidence_level, (int, float)) or not 0.5 <= confidence_level < 1.0):
-            raise InputError(f"confidence_level: expected a probability in [0.5, 1) or None, got "
-                             f"{confidence_level!r}", input="confidence_level", expected="[0.5, 1)",
-                             got=confidence_level)
-        target_name = "accuracy" if target_accuracy is not None else "agreement"
-        target = target_accuracy if target_accuracy is not None else (
-            0.99 if target_agreement is None else target_agreement)
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target <= 1.0:
-            raise InputError(f"target_{target_name}: expected a fraction in (0, 1], got {target!r}",
-                             input=f"target_{target_name}", expected="(0, 1]", got=target)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size: expected a positive int, got {batch_size!r}",
-                             input="batch_size", expected="positive int", got=batch_size)
+        target_name, target = _calibration_target(labels, target_agreement, target_accuracy, confidence_level,
+                                                  batch_size)
         tensors = _inputs(data, "data")
         rows = int(tensors[0].shape[0])
-        truth = None
-        if labels is not None:
-            truth = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels)
-            if truth.dim() != 1 or truth.shape[0] != rows or truth.dtype.is_floating_point:
-                raise InputError(f"labels: expected {rows} integer class indices (one per sample), got "
-                                 f"{truth.dtype} {list(truth.shape)}", input="labels",
-                                 expected=f"int [{rows}]", got=list(truth.shape))
+        truth = None if labels is None else _labels_of(labels, rows)
+        conf_t, fast_t, accurate_t = self._top_classes(tensors, rows, batch_size)
+        reference = accurate_t if truth is None or target_name == "agreement" else truth.long()
+        fast_ok = (fast_t == reference).double()
+        accurate_ok = (accurate_t == reference).double()
+        threshold, k, score = _pick_threshold(conf_t, fast_ok, accurate_ok, target, target_name, confidence_level)
+        self.threshold = threshold
+        routed = conf_t < threshold if threshold < 1.0 else torch.ones(rows, dtype=torch.bool)
+        return CascadeCalibration(
+            threshold=threshold, confidence=self.confidence_name, target=target_name, target_value=float(target),
+            achieved=float(score[k]), fraction_routed=float(routed.double().mean()), samples=rows,
+            fast_alone=float(score[0]), accurate_alone=float(score[rows]),
+            **_calibration_figures(routed, fast_t, accurate_t, truth))
+
+    def _top_classes(self, tensors: tuple[torch.Tensor, ...], rows: int,
+                     batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per sample: the fast engine's confidence, its top-1 class and the accurate engine's top-1 class."""
         conf, fast_top, accurate_top = [], [], []
         for start in range(0, rows, batch_size):
             part = tuple(x[start:start + batch_size] for x in tensors)
@@ -312,49 +304,7 @@ class Cascade:
             conf.append(self._confidence(fast_out, n))
             fast_top.append(self._logits(fast_out, n).argmax(-1).cpu())
             accurate_top.append(self._logits(self._run(self.accurate, part), n).argmax(-1).cpu())
-        conf_t, fast_t, accurate_t = torch.cat(conf).cpu(), torch.cat(fast_top), torch.cat(accurate_top)
-        reference = accurate_t if truth is None or target_name == "agreement" else truth.long()
-        fast_ok = (fast_t == reference).double()
-        accurate_ok = (accurate_t == reference).double()
-
-        # routing the k least confident samples (k = 0..N); k must not split samples of equal confidence
-        order = torch.argsort(conf_t, stable=True)
-        sorted_conf = conf_t[order]
-        gain = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum((accurate_ok - fast_ok)[order], 0)])
-        score = (fast_ok.sum() + gain) / rows
-        judged = score
-        if confidence_level is not None:
-            judged = _bounded(fast_ok[order], accurate_ok[order], confidence_level)
-        valid = torch.ones(rows + 1, dtype=torch.bool)
-        valid[1:rows] = sorted_conf[1:] != sorted_conf[:-1]
-        ok = valid & (judged >= target - 1e-12)
-        if not bool(ok.any()):
-            best = float(torch.where(valid, judged, torch.full_like(judged, -1.0)).max())
-            bound = "" if confidence_level is None else f" (its {confidence_level:g} lower bound)"
-            raise InputError(
-      f"target_{target_name}={target:g} cannot be met on these {rows} samples: the best the cascade "
-      f"reaches{bound} is {best:.4f} (measured: fast alone {float(score[0]):.4f}, accurate alone "
-      f"{float(score[rows]):.4f})", input=f"target_{target_name}", expected=f"<= {best:.4f}", got=target)
-        k = int(torch.nonzero(ok)[0])
-        if k == 0:
-            threshold = 0.0
-        elif k == rows:
-            threshold = 1.0
-        else:  # halfway between the last routed confidence and the first kept one
-            threshold = float((sorted_conf[k - 1] + sorted_conf[k]) / 2)
-        self.threshold = threshold
-        routed = conf_t < threshold if threshold < 1.0 else torch.ones(rows, dtype=torch.bool)
-        final = torch.where(routed, accurate_t, fast_t)
-        figures = dict(agreement=float((final == accurate_t).double().mean()))
-        if truth is not None:
-            truth = truth.long()
-            figures.update(fast_accuracy=float((fast_t == truth).double().mean()),
-                           accurate_accuracy=float((accurate_t == truth).double().mean()),
-                           cascade_accuracy=float((final == truth).double().mean()))
-        return CascadeCalibration(
-            threshold=threshold, confidence=self.confidence_name, target=target_name, target_value=float(target),
-            achieved=float(score[k]), fraction_routed=float(routed.double().mean()), samples=rows,
-            fast_alone=float(score[0]), accurate_alone=float(score[rows]), **figures)
+        return torch.cat(conf).cpu(), torch.cat(fast_top), torch.cat(accurate_top)
 
     # -- internals -------------------------------------------------------------------------------------
 
@@ -403,6 +353,91 @@ class Cascade:
             raise InputError(f"confidence {self.confidence_name!r}: expected values in [0, 1], got "
                              f"{bad}", input="confidence", expected="[0, 1]", got=bad)
         return conf
+
+
+
+# -- calibration helpers ---------------------------------------------------------------------------------
+
+
+def _calibration_target(labels: Any, target_agreement: float | None, target_accuracy: float | None,
+                        confidence_level: float | None, batch_size: int) -> tuple[str, float]:
+    """Check :meth:`Cascade.calibrate`'s options; return the target's name ("agreement"/"accuracy") and value."""
+    if target_agreement is not None and target_accuracy is not None:
+        raise InputError("calibrate: give target_agreement or target_accuracy, not both",
+                         input="target_accuracy", expected="one target", got="both")
+    if target_accuracy is not None and labels is None:
+        raise InputError("calibrate: target_accuracy needs labels=", input="labels",
+                         expected="class indices [N]", got=None)
+    if confidence_level is not None and (isinstance(confidence_level, bool) or not isinstance(
+            confidence_level, (int, float)) or not 0.5 <= confidence_level < 1.0):
+        raise InputError(f"confidence_level: expected a probability in [0.5, 1) or None, got "
+                         f"{confidence_level!r}", input="confidence_level", expected="[0.5, 1)",
+                         got=confidence_level)
+    target_name = "accuracy" if target_accuracy is not None else "agreement"
+    target = target_accuracy if target_accuracy is not None else (
+        0.99 if target_agreement is None else target_agreement)
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target <= 1.0:
+        raise InputError(f"target_{target_name}: expected a fraction in (0, 1], got {target!r}",
+                         input=f"target_{target_name}", expected="(0, 1]", got=target)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size: expected a positive int, got {batch_size!r}",
+                         input="batch_size", expected="positive int", got=batch_size)
+    return target_name, target
+
+
+def _labels_of(labels: Any, rows: int) -> torch.Tensor:
+    truth = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels)
+    if truth.dim() != 1 or truth.shape[0] != rows or truth.dtype.is_floating_point:
+        raise InputError(f"labels: expected {rows} integer class indices (one per sample), got "
+                         f"{truth.dtype} {list(truth.shape)}", input="labels",
+                         expected=f"int [{rows}]", got=list(truth.shape))
+    return truth
+
+
+def _pick_threshold(conf_t: torch.Tensor, fast_ok: torch.Tensor, accurate_ok: torch.Tensor, target: float,
+                    target_name: str, confidence_level: float | None) -> tuple[float, int, torch.Tensor]:
+    """The threshold that routes the fewest samples while meeting ``target``; with ``k``, how many it routes,
+    and ``score``, the measured figure for each k = 0..N."""
+    rows = conf_t.numel()
+    # routing the k least confident samples (k = 0..N); k must not split samples of equal confidence
+    order = torch.argsort(conf_t, stable=True)
+    sorted_conf = conf_t[order]
+    gain = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum((accurate_ok - fast_ok)[order], 0)])
+    score = (fast_ok.sum() + gain) / rows
+    judged = score
+    if confidence_level is not None:
+        judged = _bounded(fast_ok[order], accurate_ok[order], confidence_level)
+    valid = torch.ones(rows + 1, dtype=torch.bool)
+    valid[1:rows] = sorted_conf[1:] != sorted_conf[:-1]
+    ok = valid & (judged >= target - 1e-12)
+    if not bool(ok.any()):
+        best = float(torch.where(valid, judged, torch.full_like(judged, -1.0)).max())
+        bound = "" if confidence_level is None else f" (its {confidence_level:g} lower bound)"
+        raise InputError(
+  f"target_{target_name}={target:g} cannot be met on these {rows} samples: the best the cascade "
+  f"reaches{bound} is {best:.4f} (measured: fast alone {float(score[0]):.4f}, accurate alone "
+  f"{float(score[rows]):.4f})", input=f"target_{target_name}", expected=f"<= {best:.4f}", got=target)
+    k = int(torch.nonzero(ok)[0])
+    if k == 0:
+        threshold = 0.0
+    elif k == rows:
+        threshold = 1.0
+    else:  # halfway between the last routed confidence and the first kept one
+        threshold = float((sorted_conf[k - 1] + sorted_conf[k]) / 2)
+    return threshold, k, score
+
+
+def _calibration_figures(routed: torch.Tensor, fast_t: torch.Tensor, accurate_t: torch.Tensor,
+                         truth: torch.Tensor | None) -> dict[str, float]:
+    """The cascade's agreement with the accurate engine and, with labels, each one's accuracy."""
+    final = torch.where(routed, accurate_t, fast_t)
+    figures = dict(agreement=float((final == accurate_t).double().mean()))
+    if truth is not None:
+        truth = truth.long()
+        figures.update(fast_accuracy=float((fast_t == truth).double().mean()),
+                       accurate_accuracy=float((accurate_t == truth).double().mean()),
+                       cascade_accuracy=float((final == truth).double().mean()))
+    return figures
 
 
 def _bounded(fast_ok: torch.Tensor, accurate_ok: torch.Tensor, level: float) -> torch.Tensor:
