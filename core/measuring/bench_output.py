@@ -3,6 +3,7 @@ of latency and throughput against batch size, one line per backend and precision
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -245,51 +246,48 @@ def write_markdown(suite: BenchSuite, path: str | Path) -> Path:
     return _atomic_write(Path(path), to_markdown(suite))
 
 
-def plot(suite: BenchSuite, path: str | Path) -> Path:
-    """A PNG: p50 latency per sample (with p90-p99 band) and offline throughput against batch size; a priced
-    run adds a third panel, the offline cost per 1000 inferences."""
-    import matplotlib
+def _plot_latency(ax: Any, r: BenchResult) -> None:
+    pts = [(b.batch, b.single_stream) for b in r.batches if b.single_stream]
+    if not pts:
+        return
+    xs = [p[0] for p in pts]
+    line, = ax.plot(xs, [p[1]["p50_ms"] for p in pts], marker="o", label=f"{r.label} p50")
+    ax.fill_between(xs, [p[1]["p90_ms"] for p in pts], [p[1]["p99_ms"] for p in pts],
+                    color=line.get_color(), alpha=0.15)
+    unsettled = [p for p in pts if not p[1].get("stable", True)]
+    if unsettled:  # hollow markers: the median had not settled when the budget ran out
+        ax.plot([p[0] for p in unsettled], [p[1]["p50_ms"] for p in unsettled], linestyle="none",
+                marker="o", markersize=9, markerfacecolor="white", color=line.get_color())
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
-    path = Path(path)
-    ok = [r for r in suite.results if r.status == "ok" and r.batches]
-    price = priced(suite)
-    fig, axes = plt.subplots(1, 3 if price else 2, figsize=(18 if price else 12, 4.8), constrained_layout=True)
-    ax_lat, ax_thr = axes[0], axes[1]
-    ax_cost = axes[2] if price else None
-    for r in ok:
-        pts = [(b.batch, b.single_stream) for b in r.batches if b.single_stream]
-        if pts:
-            xs = [p[0] for p in pts]
-            line, = ax_lat.plot(xs, [p[1]["p50_ms"] for p in pts], marker="o", label=f"{r.label} p50")
-            ax_lat.fill_between(xs, [p[1]["p90_ms"] for p in pts], [p[1]["p99_ms"] for p in pts],
-                                color=line.get_color(), alpha=0.15)
-            unsettled = [p for p in pts if not p[1].get("stable", True)]
-            if unsettled:  # hollow markers: the median had not settled when the budget ran out
-                ax_lat.plot([p[0] for p in unsettled], [p[1]["p50_ms"] for p in unsettled], linestyle="none",
-                            marker="o", markersize=9, markerfacecolor="white", color=line.get_color())
-        thr = [(b.batch, b.offline["throughput_per_s"]) for b in r.batches if b.offline]
-        rate = (r.server or {}).get("max_rate_per_s")
-        if thr:
-            line, = ax_thr.plot([t[0] for t in thr], [t[1] for t in thr], marker="s", label=r.label)
-            if rate:  # the server scenario's sustained rate: one figure per engine, so a level line
-                ax_thr.axhline(rate, color=line.get_color(), linestyle="--", linewidth=1,
-                               label=f"{r.label} server {rate:.0f}/s at p99 <= {r.server['p99_bound_ms']:.3g} ms")
-        cost = [(b.batch, b.offline[COST_KEY]) for b in r.batches if b.offline and b.offline.get(COST_KEY)]
-        if ax_cost is not None and cost:
-            ax_cost.plot([c[0] for c in cost], [c[1] for c in cost], marker="D", label=r.label)
-    for ax in [a for a in (ax_lat, ax_thr, ax_cost) if a is not None]:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-        ax.grid(True, which="both", alpha=0.3)
-        batches = sorted({b.batch for r in ok for b in r.batches})
-        if batches:
-            ax.set_xticks(batches, [str(b) for b in batches])
-    from matplotlib.ticker import FuncFormatter
+def _plot_throughput(ax: Any, r: BenchResult) -> None:
+    thr = [(b.batch, b.offline["throughput_per_s"]) for b in r.batches if b.offline]
+    rate = (r.server or {}).get("max_rate_per_s")
+    if thr:
+        line, = ax.plot([t[0] for t in thr], [t[1] for t in thr], marker="s", label=r.label)
+        if rate:  # the server scenario's sustained rate: one figure per engine, so a level line
+            ax.axhline(rate, color=line.get_color(), linestyle="--", linewidth=1,
+                       label=f"{r.label} server {rate:.0f}/s at p99 <= {r.server['p99_bound_ms']:.3g} ms")
 
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
+
+def _plot_cost(ax: Any, r: BenchResult) -> None:
+    cost = [(b.batch, b.offline[COST_KEY]) for b in r.batches if b.offline and b.offline.get(COST_KEY)]
+    if cost:
+        ax.plot([c[0] for c in cost], [c[1] for c in cost], marker="D", label=r.label)
+
+
+def _batch_size_axis(ax: Any, ok: list[BenchResult]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.grid(True, which="both", alpha=0.3)
+    batches = sorted({b.batch for r in ok for b in r.batches})
+    if batches:
+        ax.set_xticks(batches, [str(b) for b in batches])
+
+
+def _label_panels(ax_lat: Any, ax_thr: Any, ax_cost: Any, price: float | None, formatter: Any) -> None:
+    """Titles, axis labels and plain (not 10^n) tick labels; ``formatter`` is matplotlib's FuncFormatter."""
+    plain = formatter(lambda v, _: f"{v:g}")
     ax_lat.set_yscale("log")
     ax_lat.yaxis.set_major_formatter(plain)
     ax_lat.set_ylabel("latency per call, ms (line p50, band p90..p99)")
@@ -301,24 +299,52 @@ def plot(suite: BenchSuite, path: str | Path) -> Path:
     ax_thr.set_title("offline throughput (dashed: server scenario's sustained rate)")
     if ax_cost is not None:
         ax_cost.set_yscale("log")
-        dollars = FuncFormatter(lambda v, _: f"${v:.2g}")
+        dollars = formatter(lambda v, _: f"${v:.2g}")
         ax_cost.yaxis.set_major_formatter(dollars)
         ax_cost.yaxis.set_minor_formatter(dollars)
         ax_cost.set_ylabel("USD per 1000 inferences")
         ax_cost.set_title(f"offline cost per 1000 inferences at ${price:g}/hour")
+
+
+def _plot_title(suite: BenchSuite) -> str:
+    failed = [f"{r.label}: {r.status}" for r in suite.results if r.status != "ok"]
+    where = suite.machine.get("cpu") or suite.machine.get("summary", "").split(" (")[0]
+    load = suite.machine.get("load_average")
+    return (f"motorpool bench: {suite.model} on {where}"
+            + (f" ({suite.machine.get('cores')} cores, load average {load[0]:.1f} at start)" if load else "")
+            + (f"\n(not measured: {'; '.join(failed)})" if failed else ""))
+
+
+def plot(suite: BenchSuite, path: str | Path) -> Path:
+    """A PNG: p50 latency per sample (with p90-p99 band) and offline throughput against batch size; a priced
+    run adds a third panel, the offline cost per 1000 inferences."""
+    # matplotlib is optional (see chart_unavailable), so it is imported only when a chart is drawn
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    path = Path(path)
+    ok = [r for r in suite.results if r.status == "ok" and r.batches]
+    price = priced(suite)
+    fig, axes = plt.subplots(1, 3 if price else 2, figsize=(18 if price else 12, 4.8), constrained_layout=True)
+    ax_lat, ax_thr = axes[0], axes[1]
+    ax_cost = axes[2] if price else None
+    for r in ok:
+        _plot_latency(ax_lat, r)
+        _plot_throughput(ax_thr, r)
+        if ax_cost is not None:
+            _plot_cost(ax_cost, r)
+    for ax in [a for a in (ax_lat, ax_thr, ax_cost) if a is not None]:
+        _batch_size_axis(ax, ok)
+    _label_panels(ax_lat, ax_thr, ax_cost, price, FuncFormatter)
     if ok:
         ax_lat.legend(fontsize=8)
         ax_thr.legend(fontsize=8)
         if ax_cost is not None:
             ax_cost.legend(fontsize=8)
-    failed = [f"{r.label}: {r.status}" for r in suite.results if r.status != "ok"]
-    where = suite.machine.get("cpu") or suite.machine.get("summary", "").split(" (")[0]
-    load = suite.machine.get("load_average")
-    fig.suptitle(f"motorpool bench: {suite.model} on {where}"
-                 + (f" ({suite.machine.get('cores')} cores, load average {load[0]:.1f} at start)" if load else "")
-                 + (f"\n(not measured: {'; '.join(failed)})" if failed else ""), fontsize=9)
-    import io
-
+    fig.suptitle(_plot_title(suite), fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
