@@ -263,18 +263,11 @@ class _SUT:
             self.batcher.close(drain=True)
 
 
-def run_scenario(engine, scenario: str, *, samples: Sequence[tuple], calibration: Calibration,
-                 min_duration_ms: int = 1000, min_query_count: int | None = None,
-                 max_duration_ms: int | None = None, server_target_qps: float | None = None,
-                 server_target_latency_ms: float | None = None, server_load: float = 0.5,
-                 server_batch: int = 8, server_delay_ms: float = 1.0, server_workers: int = 1,
-                 offline_headroom: float = 1.5, log_dir: str | Path | None = None) -> ScenarioResult:
-    """One LoadGen run of ``scenario`` (PerformanceOnly) over ``engine``; see the module docstring."""
-    if scenario not in SCENARIOS:
-        raise ValueError(f"scenario: expected one of {', '.join(SCENARIOS)}, got {scenario!r}")
-    if min_duration_ms < 1:
-        raise ValueError(f"min_duration_ms: expected a positive number of milliseconds, got {min_duration_ms!r}")
-    lg = loadgen_module()
+def _test_settings(lg: Any, scenario: str, calibration: Calibration, *, min_duration_ms: int,
+                   min_query_count: int | None, max_duration_ms: int | None, server_target_qps: float | None,
+                   server_target_latency_ms: float | None, server_load: float, server_batch: int,
+                   server_delay_ms: float, offline_headroom: float) -> tuple[Any, dict[str, Any]]:
+    """LoadGen's TestSettings for ``scenario``, and the same figures as a dict (what LoadGen was told)."""
     settings = lg.TestSettings()
     settings.scenario = getattr(lg.TestScenario, scenario)
     settings.mode = lg.TestMode.PerformanceOnly
@@ -306,23 +299,53 @@ def run_scenario(engine, scenario: str, *, samples: Sequence[tuple], calibration
         count = 64 if min_query_count is None else min_query_count
     settings.min_query_count = count
     told["min_query_count"] = count
+    return settings, told
+
+
+def _log_settings(lg: Any, scenario: str, log_dir: str | Path | None) -> tuple[Any, Path]:
+    """LoadGen's LogSettings writing to ``log_dir`` (a fresh temporary folder when None), and that folder."""
     outdir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"motorpool-loadgen-{scenario}-"))
     outdir.mkdir(parents=True, exist_ok=True)
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = str(outdir)
     log_settings.log_output.copy_summary_to_stdout = False
     log_settings.enable_trace = False
+    return log_settings, outdir
 
-    sut_impl = _SUT(lg, engine, samples, scenario, offline_batch=calibration.offline_batch,
-                    server_batch=server_batch, server_delay_ms=server_delay_ms, server_workers=server_workers)
+
+def _start_test(lg: Any, sut_impl: _SUT, sample_count: int, settings: Any, log_settings: Any) -> None:
+    """One LoadGen test over ``sut_impl``; the SUT's threads, the QSL and the SUT are released even if it fails."""
     sut = lg.ConstructSUT(sut_impl.issue, sut_impl.flush)
-    qsl = lg.ConstructQSL(len(samples), len(samples), lambda ids: None, lambda ids: None)
+    qsl = lg.ConstructQSL(sample_count, sample_count, lambda ids: None, lambda ids: None)
     try:
         lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
     finally:
         sut_impl.close()
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)
+
+
+def run_scenario(engine, scenario: str, *, samples: Sequence[tuple], calibration: Calibration,
+                 min_duration_ms: int = 1000, min_query_count: int | None = None,
+                 max_duration_ms: int | None = None, server_target_qps: float | None = None,
+                 server_target_latency_ms: float | None = None, server_load: float = 0.5,
+                 server_batch: int = 8, server_delay_ms: float = 1.0, server_workers: int = 1,
+                 offline_headroom: float = 1.5, log_dir: str | Path | None = None) -> ScenarioResult:
+    """One LoadGen run of ``scenario`` (PerformanceOnly) over ``engine``; see the module docstring."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario: expected one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    if min_duration_ms < 1:
+        raise ValueError(f"min_duration_ms: expected a positive number of milliseconds, got {min_duration_ms!r}")
+    lg = loadgen_module()
+    settings, told = _test_settings(
+        lg, scenario, calibration, min_duration_ms=min_duration_ms, min_query_count=min_query_count,
+        max_duration_ms=max_duration_ms, server_target_qps=server_target_qps,
+        server_target_latency_ms=server_target_latency_ms, server_load=server_load, server_batch=server_batch,
+        server_delay_ms=server_delay_ms, offline_headroom=offline_headroom)
+    log_settings, outdir = _log_settings(lg, scenario, log_dir)
+    sut_impl = _SUT(lg, engine, samples, scenario, offline_batch=calibration.offline_batch,
+                    server_batch=server_batch, server_delay_ms=server_delay_ms, server_workers=server_workers)
+    _start_test(lg, sut_impl, len(samples), settings, log_settings)
     path = outdir / SUMMARY
     if not path.is_file():
         raise MotorpoolError(f"LoadGen wrote no {SUMMARY} in {outdir}")
