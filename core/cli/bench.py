@@ -124,6 +124,34 @@ def _labels(paths: list[str]) -> list[str]:
     return parents if len(set(parents)) == len(parents) else [f"{i + 1}:{s}" for i, s in enumerate(stems)]
 
 
+def _what_to_bench(args) -> tuple:
+    """``(loaded, examples, backends, price)`` from the command line; a bad value is a UsageError."""
+    loaded = load_model_arg(args.model, batch=max(args.batch_sizes))
+    examples = with_shapes(loaded.example_inputs, args.shape)
+    backends = _backends(args.backends)
+    try:
+        price = _prices(args.price_per_hour, 1)[0]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not backends:
+        raise UsageError("no backend to benchmark; `motorpool doctor` shows why each is unavailable")
+    return loaded, examples, backends, price
+
+
+def _progress_callbacks(progress, task, name: str, per_engine: int) -> tuple:
+    """``(on_step, on_result)`` for bench_model: advance the bar one step, or to the end of an engine."""
+    finished = {"engines": 0}
+
+    def on_step(text: str) -> None:
+        progress.update(task, advance=1, description=f"bench {name}: {text}")
+
+    def on_result(row) -> None:  # an engine that failed early skips its remaining steps
+        finished["engines"] += 1
+        progress.update(task, completed=per_engine * finished["engines"])
+
+    return on_step, on_result
+
+
 def run(args) -> int:
     if args.model == "compare":
         return compare_runs(args)
@@ -147,31 +175,15 @@ def run(args) -> int:
     unknown = sorted(set(scenarios) - set(SCENARIOS))
     if unknown:
         raise UsageError(f"--scenarios: unknown {', '.join(unknown)}; choose from: {', '.join(SCENARIOS)}")
-    loaded = load_model_arg(args.model, batch=max(args.batch_sizes))
-    examples = with_shapes(loaded.example_inputs, args.shape)
-    backends = _backends(args.backends)
-    try:
-        price = _prices(args.price_per_hour, 1)[0]
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    loaded, examples, backends, price = _what_to_bench(args)
     precisions = args.precisions
-    if not backends:
-        raise UsageError("no backend to benchmark; `motorpool doctor` shows why each is unavailable")
     per_engine = steps_per_engine(args.batch_sizes, scenarios)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=console, transient=True,
                         disable=args.no_progress or not (_output.FORCE_PROGRESS or console.is_terminal))
     with progress, library_output(getattr(args, "verbose", False)):
         task = progress.add_task(f"bench {loaded.name}", total=per_engine * len(backends) * len(precisions))
-        finished = {"engines": 0}
-
-        def on_step(text: str) -> None:
-            progress.update(task, advance=1, description=f"bench {loaded.name}: {text}")
-
-        def on_result(row) -> None:  # an engine that failed early skips its remaining steps
-            finished["engines"] += 1
-            progress.update(task, completed=per_engine * finished["engines"])
-
+        on_step, on_result = _progress_callbacks(progress, task, loaded.name, per_engine)
         suite = bench_model(loaded.model, examples, backends=backends, precisions=precisions,
                             batch_sizes=args.batch_sizes, scenarios=scenarios, time_budget_s=args.time_budget,
                             measure_load=not args.no_load, verify=not args.no_verify, model_name=loaded.name,
