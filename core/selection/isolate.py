@@ -144,22 +144,8 @@ def run_in_child(job: dict[str, Any], job_dir: Path, *, timeout_s: float,
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "motorpool.selection.isolate", str(job_dir)], stdout=subprocess.PIPE,
                                 stderr=err, stdin=subprocess.DEVNULL, start_new_session=os.name == "posix")
-
-        def read():
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.decode(errors="replace").rstrip("\n")
-                if line.startswith(EVENT_PREFIX):
-                    try:
-                        event = json.loads(line[len(EVENT_PREFIX):])
-                    except ValueError:
-                        continue
-                    last["stage"] = event.get("stage", last["stage"])
-                    on_event(event)
-                else:
-                    tail.append(line)
-
-        reader = threading.Thread(target=read, name="motorpool-child-output", daemon=True)
+        reader = threading.Thread(target=_read_output, args=(proc, last, tail, on_event),
+                                  name="motorpool-child-output", daemon=True)
         reader.start()
         started = time.perf_counter()
         try:
@@ -183,6 +169,29 @@ def run_in_child(job: dict[str, Any], job_dir: Path, *, timeout_s: float,
             return result
         except ValueError as exc:
             return {"ok": False, "status": "rejected", "reason": f"the child wrote an unreadable result: {exc}"}
+    return _crashed(rc, last["stage"], _tail(stderr_path) or "\n".join(tail))
+
+
+def _read_output(proc: subprocess.Popen, last: dict[str, str], tail: collections.deque[str],
+                 on_event: Callable[[dict], None]) -> None:
+    """Hand the child's event lines to ``on_event`` (noting its latest stage in ``last``); keep the rest in
+    ``tail``, for the crash report."""
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip("\n")
+        if line.startswith(EVENT_PREFIX):
+            try:
+                event = json.loads(line[len(EVENT_PREFIX):])
+            except ValueError:
+                continue
+            last["stage"] = event.get("stage", last["stage"])
+            on_event(event)
+        else:
+            tail.append(line)
+
+
+def _crashed(rc: int, stage: str, errors: str) -> dict[str, Any]:
+    """The result for a child that ended without writing one: how it ended, at which stage, its last output."""
     if rc < 0:
         try:
             how = f"killed by signal {signal.Signals(-rc).name}"
@@ -190,9 +199,8 @@ def run_in_child(job: dict[str, Any], job_dir: Path, *, timeout_s: float,
             how = f"killed by signal {-rc}"
     else:
         how = f"exited with code {rc}"
-    errors = _tail(stderr_path) or "\n".join(tail)
     return {"ok": False, "status": "rejected", "crashed": True,
-            "reason": f"crashed: its process {how} during {last['stage']!r} without a result"
+            "reason": f"crashed: its process {how} during {stage!r} without a result"
                       + (f"; last output: {errors}" if errors else "")}
 
 
