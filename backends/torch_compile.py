@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
-from motorpool.plugin import (Option, INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
-                              Runner, TorchRunner, cache_root, export_program, fp32_strict, hookimpl, place,
-                              prepare_torch_precision, save_exported, torch_availability)
+from motorpool.plugin import (INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileError,
+                              CompileOptions, Option, Runner, TorchRunner, artifact_file, cache_root, export_program,
+                              fp32_strict, hookimpl, place, prepare_torch_precision, private_dir_problem, save_exported,
+                              torch_availability, torch_export_file_reasons)
 
 ARTIFACT = "model.pt2"
 #: Inductor's compiled kernels (torch.compiler.save_cache_artifacts), loaded before recompiling: cuts cold start
@@ -67,11 +68,12 @@ def _trusted(directory: Path) -> bool:
     motorpool) the bytes are ours, so there they are loaded; elsewhere the program is recompiled from the
     ``.pt2`` alone.
     """
+    root = cache_root("engines")
     try:
-        directory.resolve().relative_to(cache_root("engines").resolve())
+        directory.resolve().relative_to(root.resolve())
     except ValueError:
         return False
-    return True
+    return private_dir_problem(root) is None and private_dir_problem(root.parent) is None
 
 
 class TorchCompileBackend(Backend):
@@ -113,11 +115,16 @@ class TorchCompileBackend(Backend):
                                   precision=options.precision, exported=exported,
                                   info={"runtime": "Inductor", "mode": mode, **prepared.info})
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        # the .pt2 is recompiled here by Inductor; Inductor's pickled kernels are read only from the private cache
+        return torch_export_file_reasons(directory, metadata, ARTIFACT)
+
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
-        program = torch.export.load(directory / metadata.get("file", ARTIFACT))
+        program = torch.export.load(artifact_file(directory, metadata.get("file", ARTIFACT)))
         module = program.module().to(options.device)
         if metadata.get("inductor_cache") and _trusted(directory):
-            torch.compiler.load_cache_artifacts((directory / metadata["inductor_cache"]).read_bytes())
+            cached = artifact_file(directory, metadata["inductor_cache"], what="inductor_cache")
+            torch.compiler.load_cache_artifacts(cached.read_bytes())
         compiled = _compile_and_warm(module, options.spec, device=options.device, mode=metadata.get("mode"))
         return TorchCompileRunner(compiled, module, spec=options.spec, device=options.device,
                                   precision=options.precision, exported=program,

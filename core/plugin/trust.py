@@ -9,7 +9,6 @@ Helpers shared by the loader, the caches and the backends:
 - :func:`artifact_file` and :func:`check_artifact_tree`: every file a backend opens lies inside ``artifact/``,
   no symbolic links, so every file opened is one the checksums cover;
 - :func:`allowed_options`: load options filtered by what a backend declares, the rest dropped with a warning;
-- :func:`private_dir_problem`: whether a cache directory is this user's alone;
 - :func:`replace_directory`: swap a finished directory into place so the old one stays until the new one is
   whole.
 """
@@ -40,6 +39,11 @@ class TrustWarning(UserWarning):
 
 
 # -- code in a .pt2 ------------------------------------------------------------------------------------------
+
+
+def torch_export_file_reasons(directory: str | Path, metadata: Mapping[str, Any], default: str) -> list[str]:
+    """``Backend.code_in_artifact`` for backends whose artifact is one ``torch.export`` file (``metadata["file"]``)."""
+    return pt2_code_reasons(artifact_file(directory, metadata.get("file", default)))
 
 
 def pt2_code_reasons(path: str | Path) -> list[str]:
@@ -91,7 +95,7 @@ def pt2_code_reasons(path: str | Path) -> list[str]:
                     reasons.append(f"{name} is a pickle that torch.load(weights_only=True) refuses "
                                    f"({_why_refused(exc)}); "
                                    "torch.export.load would retry it with weights_only=False")
-    return reasons
+    return [f"{path.name}: {r}" for r in reasons]
 
 
 def _why_refused(exc: BaseException) -> str:
@@ -167,42 +171,6 @@ def allowed_options(options: Any, allowed: Iterable[str], *, source: str, backen
                       f"them ({backend} accepts {', '.join(sorted(allowed)) or 'none'} from a manifest); pass them "
                       "yourself if you mean them", TrustWarning, stacklevel=3)
     return kept
-
-
-# -- private directories -------------------------------------------------------------------------------------
-
-
-def private_dir_problem(path: str | Path) -> str | None:
-    """Why ``path`` (an existing directory) is not private to this user, or None when it is."""
-    path = Path(path)
-    try:
-        st = path.lstat()
-    except OSError as exc:
-        return f"it cannot be read ({exc})"
-    if stat.S_ISLNK(st.st_mode):
-        return "it is a symbolic link"
-    if not stat.S_ISDIR(st.st_mode):
-        return "it is not a directory"
-    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-        return f"it is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"it is writable by {'group and others' if st.st_mode & stat.S_IWOTH else 'its group'} " \
-               f"(mode {oct(stat.S_IMODE(st.st_mode))}); entries in it could have been planted"
-    return None
-
-
-def make_private_dir(path: str | Path) -> Path:
-    """Create ``path`` (and missing parents) 0o700, or check an existing one; :class:`PermissionError` says why
-    it cannot be used. A directory this user owns that is only readable by others is tightened to 0o700."""
-    path = Path(path)
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    problem = private_dir_problem(path)
-    if problem:
-        raise PermissionError(f"{path} is not private to this user: {problem}")
-    if created or stat.S_IMODE(path.stat().st_mode) != 0o700:
-        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-    return path
 
 
 # -- replacing a directory -----------------------------------------------------------------------------------
