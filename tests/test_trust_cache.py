@@ -129,7 +129,8 @@ def test_a_cache_hit_that_does_not_compute_the_model_is_discarded_and_rebuilt(ca
 
 
 def test_decision_key_sees_plain_attributes_hooks_and_methods(monkeypatch):
-    decisions = _module("motorpool.selection.decisions", "motorpool.decisions")
+    # the one model fingerprint, which both the artifact cache and the decision cache key on
+    decisions = _module("motorpool.engine.fingerprint", "motorpool.decisions")
     model = Scaled().eval()
     base = decisions.model_fingerprint(model)
     model.scale = 4.0
