@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("inputs", metavar="INPUT.npy", nargs="+", help="one .npy file per model input, in order")
     p.add_argument("-o", "--output", required=True, help="directory to write the outputs to (created)")
     p.add_argument("--strict", action="store_true", help="refuse an engine made for other hardware or versions")
+    p.add_argument("--trust-code", action="store_true",
+                   help="load an engine whose format is code (TorchScript, TensorRT, pickled payloads); see SECURITY.md")
     p.set_defaults(func=run)
 
 
@@ -45,7 +47,7 @@ def run(args) -> int:
             print(f"error: cannot read {f} as a .npy array (pickled object arrays are refused): {exc}")
             return 2
     try:
-        engine = motorpool.load(args.engine, strict=args.strict)
+        engine = motorpool.load(args.engine, strict=args.strict, trust_code=args.trust_code)
         outputs = engine(*arrays)
     except motorpool.MotorpoolError as exc:
         print(f"error: {exc}")

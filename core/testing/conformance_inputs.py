@@ -16,6 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+import motorpool
+
+from . import zoo
+from .checks import compare_outputs, fresh_inputs, reference
+
 
 def _layouts(x: torch.Tensor) -> dict[str, Callable[[], Any]]:
     """Views of ``x`` (N, C, H, W) with the same values and another memory layout."""
@@ -39,15 +44,13 @@ class InputLayoutConformance:
     unchanged_model: str = "mlp"
 
     def test_input_layouts(self, backend, backend_device, motorpool_engines):
-        from . import conformance, zoo
-
         compiled = motorpool_engines.get(backend, backend_device, self.layout_model)
         engine = compiled.require()
         if torch.device(engine.input_spec.device).type != "cpu":
             pytest.skip(f"{backend.name} on {backend_device} takes {engine.input_spec.device} tensors; the layout "
                         "checks feed host memory")
-        seed, (x,) = conformance.fresh_inputs(zoo.get(self.layout_model), 3)
-        want = conformance.reference(compiled.model, (x,))
+        seed, (x,) = fresh_inputs(zoo.get(self.layout_model), 3)
+        want = reference(compiled.model, (x,))
         problems = []
         for name, make in _layouts(x).items():
             value = make()
@@ -57,7 +60,7 @@ class InputLayoutConformance:
                 got = engine(value)
                 if isinstance(got, np.ndarray):
                     got = torch.from_numpy(got)
-                conformance.compare_outputs(want, got, "fp32",
+                compare_outputs(want, got, "fp32",
                                             what=f"{backend.name} on a {name} input (seed {seed})")
             except AssertionError as exc:
                 problems.append(str(exc).splitlines()[0])
@@ -67,10 +70,6 @@ class InputLayoutConformance:
                              "layouts:\n  " + "\n  ".join(problems)
 
     def test_compile_leaves_the_model_unchanged(self, backend, backend_device):
-        import motorpool
-
-        from . import zoo
-
         model, examples = zoo.get(self.unchanged_model).build(batch=2, seed=3)
         model.eval()
         before = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
