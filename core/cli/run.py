@@ -50,7 +50,8 @@ def run(args) -> int:
         engine = motorpool.load(args.engine, strict=args.strict, trust_code=args.trust_code)
         outputs = engine(*arrays)
     except motorpool.MotorpoolError as exc:
-        print(f"error: {exc}")
+        hint = " (motorpool run: pass --trust-code to trust it)" if "trust_code=True" in str(exc) else ""
+        print(f"error: {exc}{hint}")
         return 1
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
