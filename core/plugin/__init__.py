@@ -5,7 +5,9 @@ Here lives what a backend *is* (``Backend``, ``Runner``, ``Capabilities``, ``Ava
 :mod:`.registry` with ``list_backends`` and ``safe_availability``), what they are given and may raise
 (:mod:`.spec`, :mod:`.errors`, :mod:`.hardware`), and the helpers they share: the one ``torch.export``
 wrapper and device placement (:mod:`.helpers`), calibration feeds (:mod:`.calibration`), reduced precision for
-torch modules (:mod:`.torch_precision`) and operator tables (:mod:`.operator_stats`).
+torch modules (:mod:`.torch_precision`), operator tables (:mod:`.operator_stats`), the private cache root
+(:mod:`.paths`) and the trust model's checks: code in a ``.pt2``, paths inside ``artifact/``, allowed load
+options (:mod:`.trust`, SECURITY.md).
 
 This package is the bottom layer: its modules import only each other (and torch, numpy, pluggy), never
 another part of motorpool. Built-in backends import only from this facade, exactly like a third-party one::

@@ -168,8 +168,8 @@ def allowed_options(options: Any, allowed: Iterable[str], *, source: str, backen
     dropped = sorted(str(k) for k in options if k not in allowed)
     if dropped:
         warnings.warn(f"{source}: ignoring the load option(s) {', '.join(dropped)}: a saved engine cannot choose "
-                      f"them ({backend} accepts {', '.join(sorted(allowed)) or 'none'} from a manifest); pass them "
-                      "yourself if you mean them", TrustWarning, stacklevel=3)
+                      f"them ({backend} accepts {', '.join(sorted(allowed)) or 'none'} from a manifest); if you mean "
+                      "them, pass them yourself: motorpool.load(path, options={...})", TrustWarning, stacklevel=3)
     return kept
 
 
