@@ -288,3 +288,21 @@ def test_unknown_manifest_options_are_ignored_with_a_warning(tmp_path):
     assert "custom_op_library" not in engine.options
     x = torch.randn(2, 4)
     torch.testing.assert_close(engine(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("member", ["model/data/aotinductor/model/model.so", "model/data/weights/model.pt",
+                                    "model/data/constants/custom_obj_0", "model/data/constants/opaque_obj_0"])
+def test_other_code_in_a_pt2_is_found_without_loading_it(tmp_path, member):
+    from motorpool.plugin import pt2_code_reasons
+
+    _, path = _save("eager", tmp_path / "engine")
+    pt2 = path / "artifact" / "model.pt2"
+    assert pt2_code_reasons(pt2) == []
+    with zipfile.ZipFile(pt2, "a") as z:
+        z.writestr(member, _pickled(Evil(str(tmp_path / "never"))))
+    reasons = pt2_code_reasons(pt2)
+    assert reasons and any(member in r for r in reasons), reasons
+    assert not (tmp_path / "never").exists()
+    reseal(path)
+    with pytest.raises(motorpool.ArtifactError, match="trust_code=True"):
+        motorpool.load(path)
