@@ -30,8 +30,7 @@ import torch
 
 from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
                               InputError, InputSpec, Option, Runner, TorchRunner, UnsupportedError, artifact_file,
-                              cache_root)
-                              calibration_batches, distribution_version, hookimpl, place, torch_dtype)
+                              cache_root, calibration_batches, distribution_version, hookimpl, place, torch_dtype)
 
 ARTIFACT = "model.ep"
 #: submodule name prefixes torch-tensorrt's partitioners give TensorRT blocks and PyTorch blocks

@@ -22,8 +22,7 @@ import torch
 
 from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
                               InputError, Option, Runner, UnsupportedError, artifact_file, detect_hardware,
-                              distribution_version)
-                              flatten_outputs, hookimpl, place)
+                              distribution_version, flatten_outputs, hookimpl, place)
 
 from .convert import (COMPUTE_UNITS, _ct, _import, _quiet_coremltools, check_program, convert, describe_program,
                       quantize_int8)

@@ -32,7 +32,7 @@ import torch
 
 from motorpool.plugin import (ArtifactError, Availability, Backend, BackendRecord, Capabilities, CompileError,
                               CompileOptions, FlatOutputs, Option, Runner, TrustWarning, UnsupportedError,
-                              artifact_file, cache_root, distribution_version, export_program, first_line, hookimpl,
+                              artifact_file, distribution_version, export_program, first_line, hookimpl,
                               probe_package, quiet_exporters, usable_cache_dir)
 
 from .int8 import quantize
