@@ -17,18 +17,19 @@ from ..engine.saved import open_saved
 from ..pipeline.stored import PENDING, verify_stored
 
 
-def open_engine(path: str | Path) -> Engine:
+def open_engine(path: str | Path, *, trust_code: bool = False) -> Engine:
     """A saved engine, opened as ``motorpool.load`` opens it (checksums; an exported artifact that could not be
     verified where it was built is verified here). Its quality gate is not re-checked: ``motorpool.load(path,
-    verify=True)`` does that, and a server should load what was checked before it was deployed."""
-    engine = open_saved(path, stacklevel=3)
+    verify=True)`` does that, and a server should load what was checked before it was deployed. A code format
+    (TorchScript, ...) needs ``trust_code=True``, as in ``motorpool.load`` (SECURITY.md)."""
+    engine = open_saved(path, stacklevel=3, trust_code=trust_code)
     manifest = engine.manifest or {}
     if (manifest.get("verification") or {}).get("status") == PENDING:
         engine.report.verification = verify_stored(engine, Path(path), manifest)
     return engine
 
 
-def load_engine(path: str | Path, threads: int | None = None) -> Engine:
+def load_engine(path: str | Path, threads: int | None = None, *, trust_code: bool = False) -> Engine:
     """The saved engine at ``path`` (:func:`open_engine`), with its threads set to ``threads`` when given: torch's
     (``torch.set_num_threads``, for the torch-based backends) and the runtime's own pool (ONNX Runtime's
     intra-op threads, OpenVINO's ``INFERENCE_NUM_THREADS``).
@@ -39,7 +40,7 @@ def load_engine(path: str | Path, threads: int | None = None) -> Engine:
     """
     path = Path(path)
     if threads is None:
-        return open_engine(path)
+        return open_engine(path, trust_code=trust_code)
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads: expected a positive int, got {threads!r}")
     torch.set_num_threads(threads)
@@ -50,7 +51,7 @@ def load_engine(path: str | Path, threads: int | None = None) -> Engine:
     elif manifest.get("backend") == "openvino":
         meta.setdefault("config", {})["INFERENCE_NUM_THREADS"] = str(threads)
     else:
-        return open_engine(path)
+        return open_engine(path, trust_code=trust_code)
 
     def link_or_copy(src: str, dst: str) -> None:
         try:
@@ -64,7 +65,7 @@ def load_engine(path: str | Path, threads: int | None = None) -> Engine:
         shutil.copytree(path, copy, copy_function=link_or_copy)
         (copy / "manifest.json").unlink()  # a link to the original: write a new file, not through it
         (copy / "manifest.json").write_text(json.dumps(manifest))
-        return open_engine(copy)
+        return open_engine(copy, trust_code=trust_code)
     finally:  # both runtimes keep private copies of what they loaded
         shutil.rmtree(staged, ignore_errors=True)
 
