@@ -62,7 +62,8 @@ def run(args) -> int:
                                         timeout_ms=args.timeout_ms, cache=args.cache, threads=args.threads,
                                         trust_code=args.trust_code)
     except (motorpool.MotorpoolError, OSError, ValueError) as exc:
-        return _fail(str(exc).replace("\n", " "))
+        hint = " (motorpool serve: pass --trust-code to trust it)" if "trust_code=True" in str(exc) else ""
+        return _fail(str(exc).replace("\n", " ") + hint)
     names = ", ".join(f"{n} ({m.engine.backend})" for n, m in models.items())
     server = oip_server.make_server(models, args.host, args.port, log_level=args.log_level)
     print(f"serving {names} on http://{args.host}:{args.port}/v2 (Open Inference Protocol)", flush=True)
