@@ -277,3 +277,42 @@ def test_load_of_a_mistyped_manifest_raises_artifact_error(tmp_path):
     _mistype(tmp_path / "e" / "manifest.json")
     with pytest.raises(motorpool.ArtifactError, match="manifest"):
         motorpool.load(tmp_path / "e")
+
+
+# -- the reference is computed before the backend sees the model --------------------------------------------
+
+
+def test_verification_reference_comes_before_a_backend_that_rewrites_the_model(fresh_registry):
+    """A backend that rewrites weights in place (as some CPU backends do) must not move the reference with it:
+    verification compares the engine with what the user's model computed before the backend touched it."""
+    from motorpool.plugin import Availability, Backend, Capabilities, Runner, TorchRunner
+
+    class InPlace(TorchRunner, Runner):
+        def __init__(self, module):
+            self._init_torch(module, device="cpu", precision="fp32")
+
+        def save(self, directory):
+            raise motorpool.UnsupportedError("not serializable", backend="inplace")
+
+    class RewritesWeights(Backend):
+        name = "inplace"
+        capabilities = Capabilities(serializable=False, compile_cost="none")
+
+        def code_in_artifact(self, directory, metadata):
+            return []
+
+        def availability(self):
+            return Availability.ok(version="1", devices=["cpu"])
+
+        def compile(self, model, example_inputs, options):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(2.0)  # "optimizes" the user's module in place
+            return InPlace(model)
+
+        def load(self, directory, metadata, options):
+            raise NotImplementedError
+
+    fresh_registry.register(RewritesWeights)
+    with pytest.raises(motorpool.VerificationError, match="does not match eager"):
+        motorpool.compile(Scaled().eval(), (torch.randn(2, 4),), backend="inplace", cache=False)
