@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from motorpool.plugin import (INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner, TorchRunner,
-                              hookimpl, place, prepare_torch_precision, save_exported, torch_availability)
+from motorpool.plugin import (INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileOptions, Runner,
+                              TorchRunner, artifact_file, hookimpl, place, prepare_torch_precision, save_exported,
+                              torch_availability, torch_export_file_reasons)
 
 ARTIFACT = "model.pt2"
 
@@ -47,8 +48,12 @@ class EagerBackend(Backend):
         return EagerRunner(prepared.module, spec=options.spec, device=options.device, precision=options.precision,
                            info=prepared.info)
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        # a .pt2 is data (a JSON graph of ATen ops and raw tensors) unless it carries pickled payloads
+        return torch_export_file_reasons(directory, metadata, ARTIFACT)
+
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
-        program = torch.export.load(directory / metadata.get("file", ARTIFACT))
+        program = torch.export.load(artifact_file(directory, metadata.get("file", ARTIFACT)))
         module = program.module().to(options.device)
         return EagerRunner(module, spec=options.spec, device=options.device, precision=options.precision,
                            exported=program)

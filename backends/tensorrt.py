@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from motorpool.plugin import (Option, Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
-                              InputError, InputSpec, Runner, TorchRunner, UnsupportedError, cache_root,
-                              calibration_batches, distribution_version, hookimpl, place, torch_dtype)
+from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+                              InputError, InputSpec, Option, Runner, TorchRunner, UnsupportedError, artifact_file,
+                              cache_root, calibration_batches, distribution_version, hookimpl, place, torch_dtype)
 
 ARTIFACT = "model.ep"
 #: submodule name prefixes torch-tensorrt's partitioners give TensorRT blocks and PyTorch blocks
@@ -362,10 +362,15 @@ class TensorRTBackend(Backend):
         runner.dim_bounds = {k: (lo, hi) for k, (lo, _, hi) in ranges.items()}
         return runner
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        name = Path(str(metadata.get("file", ARTIFACT))).name
+        return [f"{name} holds serialized TensorRT engines (native kernels and plugins), which torch-tensorrt's "
+                "loader deserializes and runs"]
+
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         import torch_tensorrt
 
-        path = str(directory / metadata.get("file", ARTIFACT))
+        path = str(artifact_file(directory, metadata.get("file", ARTIFACT)))
         device = options.device if options.device.startswith("cuda") else "cuda:0"
         with torch.cuda.device(torch.device(device)):  # engines deserialize onto the current device
             program = torch_tensorrt.load(path)

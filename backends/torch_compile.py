@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from motorpool.plugin import (INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileError,
-                              CompileOptions, Option, Runner, TorchRunner, cache_root, detect_hardware,
-                              export_program, fp32_strict, hookimpl, place, prepare_torch_precision, save_exported,
-                              torch_availability)
+                              CompileOptions, Option, Runner, TorchRunner, artifact_file, cache_root, detect_hardware,
+                              export_program, fp32_strict, hookimpl, place, prepare_torch_precision,
+                              private_dir_problem, save_exported, torch_availability, torch_export_file_reasons)
 
 ARTIFACT = "model.pt2"
 #: the AOTInductor package: native code (a shared library) plus the weights, for one ISA
@@ -170,11 +170,12 @@ def _trusted(directory: Path) -> bool:
     motorpool) the bytes are ours, so there they are loaded; elsewhere the program is recompiled from the
     ``.pt2`` alone.
     """
+    root = cache_root("engines")
     try:
-        directory.resolve().relative_to(cache_root("engines").resolve())
+        directory.resolve().relative_to(root.resolve())
     except ValueError:
         return False
-    return True
+    return private_dir_problem(root) is None and private_dir_problem(root.parent) is None
 
 
 class TorchCompileBackend(Backend):
@@ -228,13 +229,22 @@ class TorchCompileBackend(Backend):
                                   precision=options.precision, exported=exported,
                                   info={"runtime": "Inductor", "mode": mode, **prepared.info})
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        # the .pt2 is recompiled here by Inductor; Inductor's pickled kernels are read only from the private cache
+        reasons = torch_export_file_reasons(directory, metadata, ARTIFACT)
+        if metadata.get("format") == "aoti":
+            reasons.append(f"{metadata.get('aoti_package')} is an AOTInductor package: native code (a shared "
+                           "library) that runs when it loads")
+        return reasons
+
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         if metadata.get("format") == "aoti":
             return self._load_aoti(directory, metadata, options)
-        program = torch.export.load(directory / metadata.get("file", ARTIFACT))
+        program = torch.export.load(artifact_file(directory, metadata.get("file", ARTIFACT)))
         module = program.module().to(options.device)
         if metadata.get("inductor_cache") and _trusted(directory):
-            torch.compiler.load_cache_artifacts((directory / metadata["inductor_cache"]).read_bytes())
+            cached = artifact_file(directory, metadata["inductor_cache"], what="inductor_cache")
+            torch.compiler.load_cache_artifacts(cached.read_bytes())
         compiled = _compile_and_warm(module, options.spec, device=options.device, mode=metadata.get("mode"))
         return TorchCompileRunner(compiled, module, spec=options.spec, device=options.device,
                                   precision=options.precision, exported=program,
@@ -243,11 +253,12 @@ class TorchCompileBackend(Backend):
 
     def _load_aoti(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         built, here = metadata.get("isa") or {}, isa_key(options.device)
-        program_file = directory / metadata.get("file", ARTIFACT)
+        program_file = artifact_file(directory, metadata.get("file", ARTIFACT))
         info = {"runtime": "AOTInductor", "mode": None}
         why = isa_mismatch(built, here)
         if why is None:
-            return AotiRunner(directory / metadata["aoti_package"], program_file, spec=options.spec,
+            package = artifact_file(directory, metadata["aoti_package"], what="aoti_package")
+            return AotiRunner(package, program_file, spec=options.spec,
                               device=options.device, precision=options.precision,
                               info={**info, "isa": built, "loaded": "package"})
         program = torch.export.load(program_file)

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 import torch.utils._pytree
 
-from motorpool.plugin import (INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
-                              Runner, TorchRunner, hookimpl, place, prepare_torch_precision, torch_availability)
+from motorpool.plugin import (INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileError,
+                              CompileOptions, Runner, TorchRunner, artifact_file, hookimpl, place,
+                              prepare_torch_precision, torch_availability)
 
 ARTIFACT = "model.ts"
 
@@ -81,8 +82,14 @@ class TorchScriptBackend(Backend):
             info["freeze_error"] = f"{type(exc).__name__}: {exc}"
         return TorchScriptRunner(module, device=options.device, precision=options.precision, info=info)
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        name = Path(str(metadata.get("file", ARTIFACT))).name
+        return [f"{name} is a TorchScript archive: a program whose __setstate__ and methods run when it loads "
+                "(it can read and write files through aten::from_file)"]
+
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
-        module = torch.jit.load(str(directory / metadata.get("file", ARTIFACT)), map_location=options.device)
+        path = artifact_file(directory, metadata.get("file", ARTIFACT))
+        module = torch.jit.load(str(path), map_location=options.device)
         return TorchScriptRunner(module, device=options.device, precision=options.precision,
                                  info={"runtime": "TorchScript", "frozen": metadata.get("frozen", False)})
 

@@ -54,7 +54,7 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, backend: str | Seque
 
 
 def load(path: str | Path, *, strict: bool = False, device: str | None = None, verify: bool = False,
-         gate: Gate | None = None, options: Mapping[str, Any] | None = None) -> Engine:
+         gate: Gate | None = None, trust_code: bool = False, options: Mapping[str, Any] | None = None) -> Engine:
     """Load an engine that ``Engine.save`` (or ``motorpool.export``) wrote. Reads no pickle; checks every checksum.
 
     If the artifact was made for other hardware or versions, that is said in a warning (or, with
@@ -65,10 +65,16 @@ def load(path: str | Path, *, strict: bool = False, device: str | None = None, v
     reference outputs stored with it (:class:`motorpool.GateError` if it now fails). A custom metric's
     function is not stored: pass the gate again as ``gate=`` (which also re-checks).
 
+    ``trust_code``: a saved engine is data unless you say otherwise (SECURITY.md). Formats that are code
+    (TorchScript, TensorRT engines, ``.pt2`` files with pickled payloads, native binaries) are refused with
+    an :class:`ArtifactError` naming the file and why; pass ``trust_code=True`` only for engines you built or
+    would let run a program on this machine.
+
     ``options``: what the backend takes at load time (declared with ``Option.load``), e.g. ``{"num_threads": 2}``
-    on onnxruntime and openvino; any other key is an :class:`OptionError`.
+    on onnxruntime and openvino; any other key is an :class:`OptionError`. A manifest's own options reach the
+    backend only where it declares them as load options.
     """
-    engine = open_saved(path, strict=strict, device=device, options=dict(options or {}))
+    engine = open_saved(path, strict=strict, device=device, trust_code=trust_code, options=dict(options or {}))
     manifest = engine.manifest
     if (manifest.get("verification") or {}).get("status") == PENDING:
         engine.report.verification = verify_stored(engine, path, manifest)

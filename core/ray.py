@@ -58,11 +58,12 @@ def deployment(path: str | Path, name: str | None = None, *, num_replicas: int |
                autoscaling_config: dict | None = None, max_ongoing_requests: int | None = None,
                ray_actor_options: dict | None = None, batching: str = "motorpool", max_batch_size: int = 32,
                batch_wait_timeout_s: float = 0.002, max_queue: int = 1024, cache: bool = False,
-               **deployment_options: Any):
+               trust_code: bool = False, **deployment_options: Any):
     """A bound Ray Serve application serving the saved engine at ``path`` as model ``name`` (default: the
     folder's name) over the Open Inference Protocol, plus the handle methods ``infer(*inputs)`` and
     ``metadata()``. Start it with ``serve.run(app, route_prefix=...)``.
 
+    ``trust_code`` lets replicas load a code format (TorchScript, ...), as in ``motorpool.load`` (SECURITY.md).
     ``max_ongoing_requests`` defaults to ``2 * max_batch_size`` so a replica sees enough requests at once to
     fill its batches. ``ray_actor_options`` defaults to ``{"num_cpus": 1}``; the replica's threads follow it.
     """
@@ -83,7 +84,7 @@ def deployment(path: str | Path, name: str | None = None, *, num_replicas: int |
         options["autoscaling_config"] = autoscaling_config
     cls = _replica_class(batching, max_batch_size, batch_wait_timeout_s)
     return serve.deployment(**options)(cls).bind(str(path), model_name, max_batch_size, batch_wait_timeout_s,
-                                                 max_queue, cache)
+                                                 max_queue, cache, trust_code)
 
 
 def _replica_class(batching: str, max_batch_size: int, batch_wait_timeout_s: float):
@@ -95,11 +96,11 @@ def _replica_class(batching: str, max_batch_size: int, batch_wait_timeout_s: flo
     @serve.ingress(app)
     class MotorpoolReplica:
         def __init__(self, path: str, name: str, max_batch_size_: int, wait_s: float, max_queue: int,
-                     cache: bool):
+                     cache: bool, trust_code: bool = False):
             self.cpus = replica_cpus()
             self.threads = max(1, math.floor(self.cpus))
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
-            engine = loading.load_engine(path, self.threads)  # sets torch's threads too
+            engine = loading.load_engine(path, self.threads, trust_code=trust_code)  # sets torch's threads too
             # one batching layer: motorpool's batcher, or (batching="serve") none here and @serve.batch below
             self.model = oip_server.ServedModel(engine, name, max_batch_size=max_batch_size_,
                                                 max_delay_ms=wait_s * 1e3, max_queue=max_queue, cache=cache,

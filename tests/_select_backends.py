@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from motorpool import Availability, Backend, Capabilities, CompileOptions, Runner, UnsupportedError
 from motorpool.plugin.helpers import TorchRunner

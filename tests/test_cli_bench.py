@@ -99,7 +99,11 @@ def test_compile_then_run_on_npy_files(models_pkg, tmp_path, capsys):
     x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "out"
-    assert main(["run", str(engine_dir), str(tmp_path / "x.npy"), "-o", str(out)]) == 0
+    # a TorchScript engine is code: refused unless trusted (SECURITY.md)
+    capsys.readouterr()
+    assert main(["run", str(engine_dir), str(tmp_path / "x.npy"), "-o", str(out)]) == 1
+    assert "--trust-code" in capsys.readouterr().out and not out.exists()
+    assert main(["run", str(engine_dir), str(tmp_path / "x.npy"), "-o", str(out), "--trust-code"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["output_logits.npy", "output_pair_0.npy", "output_pair_1.npy"]
     model, _ = load_model(f"{models_pkg}:build").model, None
@@ -109,9 +113,9 @@ def test_compile_then_run_on_npy_files(models_pkg, tmp_path, capsys):
     np.testing.assert_allclose(np.load(out / "output_pair_0.npy"), want["pair"][0].numpy(), rtol=1e-5, atol=1e-5)
     # a pickled object array is refused, a wrong shape is the engine's InputError
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    assert main(["run", str(engine_dir), str(tmp_path / "obj.npy"), "-o", str(out)]) == 2
+    assert main(["run", str(engine_dir), str(tmp_path / "obj.npy"), "-o", str(out), "--trust-code"]) == 2
     np.save(tmp_path / "bad.npy", np.ones((2, 7), dtype=np.float32))
-    assert main(["run", str(engine_dir), str(tmp_path / "bad.npy"), "-o", str(out)]) == 1
+    assert main(["run", str(engine_dir), str(tmp_path / "bad.npy"), "-o", str(out), "--trust-code"]) == 1
     err = capsys.readouterr().err
     assert "motorpool run: error: input 'x': expected shape" in err and "Traceback" not in err
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import io
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -178,7 +176,7 @@ def test_distillation_transform_makes_one_student_per_teacher_and_leaves_the_giv
 
 def test_optimize_report_lists_distillation_compiled_and_gated_like_every_technique():
     pytest.importorskip("onnxruntime", reason="needs the onnxruntime extra: pip install 'motorpool[onnxruntime]'")
-    from motorpool.measuring.technique_report import default_techniques, optimize_report
+    from motorpool.measuring.technique_report import default_techniques
 
     x, y = _train_split()
     x_test, y_test = _digits.held_out("mlp")

@@ -4,14 +4,13 @@ import json
 import subprocess
 import sys
 import threading
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 import motorpool
-from motorpool import Availability, Backend, BackendRecord, Capabilities, Runner
+from motorpool import Availability, Backend, Capabilities, Runner
 from motorpool.backends.eager import EagerBackend
 from motorpool.backends.torchscript import TorchScriptBackend
 from motorpool.testing import zoo
@@ -114,7 +113,7 @@ def test_save_and_load_in_a_fresh_process(mlp_engine, tmp_path):
     assert all(len(v) == 64 for v in manifest["checksums"].values())
     x = torch.randn(6, 32)
     np.save(tmp_path / "x.npy", x.numpy())
-    code = (f"import numpy as np, motorpool; e = motorpool.load({str(tmp_path / 'eng')!r}); "
+    code = (f"import numpy as np, motorpool; e = motorpool.load({str(tmp_path / 'eng')!r}, trust_code=True); "
             f"np.save({str(tmp_path / 'y.npy')!r}, e(np.load({str(tmp_path / 'x.npy')!r})))")
     subprocess.run([sys.executable, "-c", code], check=True)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
@@ -154,9 +153,9 @@ def test_load_says_when_made_for_other_hardware(mlp_engine, tmp_path):
     manifest["hardware"] = {"fingerprint": "linux-x86_64-0000000000000000", "summary": "some other CPU"}
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match="made for other hardware.*some other CPU"):
-        motorpool.load(path)
+        motorpool.load(path, trust_code=True)  # a TorchScript engine: code (SECURITY.md)
     with pytest.raises(motorpool.ArtifactError, match="other hardware"):
-        motorpool.load(path, strict=True)
+        motorpool.load(path, strict=True, trust_code=True)
 
 
 def test_eager_save_uses_torch_export(tmp_path):

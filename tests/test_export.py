@@ -154,7 +154,7 @@ def test_load_on_a_machine_that_can_run_it_verifies_the_stored_numerics(export_o
     with pytest.raises(BackendUnavailable, match="runs only on the target"):
         motorpool.load(path)
     ExportOnly.runnable = True  # "shipped to the target machine"
-    engine = motorpool.load(path)
+    engine = motorpool.load(path, trust_code=True)  # this test backend's artifact is TorchScript: code
     figures = engine.report.verification
     assert figures["status"] == "verified-on-load" and figures["passed"]
     assert [c["check"] for c in figures["checks"]] == [c["check"] for c in manifest["verification"]["cases"]]
@@ -179,7 +179,7 @@ def test_load_refuses_an_engine_that_does_not_match_what_was_stored(export_only_
     (path / MANIFEST).write_text(json.dumps(manifest))
     ExportOnly.runnable = True
     with pytest.raises(VerificationError, match="does not match the eager outputs stored at export") as info:
-        motorpool.load(path)
+        motorpool.load(path, trust_code=True)
     assert info.value.figures["passed"] is False
 
 
@@ -192,7 +192,7 @@ def test_exporting_a_runnable_backend_verifies_now_and_loads(tmp_path):
     verification = manifest["verification"]
     assert verification["status"] == "verified" and verification["passed"]
     assert verification["cases"] and manifest["hardware"]["fingerprint"]
-    engine = motorpool.load(path)
+    engine = motorpool.load(path, trust_code=True)  # TorchScript is code (SECURITY.md)
     assert engine.report.verification["status"] == "verified"  # nothing pending: not re-run
     x = torch.randn(4, 10)
     for got, want in zip(engine(x), model(x)):

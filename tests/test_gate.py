@@ -127,7 +127,7 @@ def test_saved_gate_is_rechecked_on_load(mlp, tmp_path):
     stored = np.load(tmp_path / "e" / "gate" / "b0_in0.npy", allow_pickle=False)
     np.testing.assert_array_equal(stored, data[0].numpy())
 
-    loaded = motorpool.load(tmp_path / "e", verify=True)
+    loaded = motorpool.load(tmp_path / "e", verify=True, trust_code=True)
     assert loaded.report.gate["rechecked_on_load"] and loaded.report.gate["passed"]
     assert loaded.report.gate["score"] == pytest.approx(engine.report.gate["score"])
 
@@ -135,7 +135,7 @@ def test_saved_gate_is_rechecked_on_load(mlp, tmp_path):
     ref = tmp_path / "e" / "gate" / "reference.npy"
     np.save(ref, np.load(ref) + 1.0)
     with pytest.raises(ArtifactError, match="reference.npy"):
-        motorpool.load(tmp_path / "e", verify=True)
+        motorpool.load(tmp_path / "e", verify=True, trust_code=True)
 
 
 def test_custom_metric_gate_must_be_passed_again_on_load(mlp, tmp_path):
@@ -148,9 +148,9 @@ def test_custom_metric_gate_must_be_passed_again_on_load(mlp, tmp_path):
     assert engine.report.gate["metric"] == "mean_error" and engine.report.gate["baseline"] == 0.0
     engine.save(tmp_path / "e")
     with pytest.raises(ArtifactError, match="pass gate="):
-        motorpool.load(tmp_path / "e", verify=True)
-    loaded = motorpool.load(tmp_path / "e", gate=Gate(mean_error, data, max_drop=0.1))
+        motorpool.load(tmp_path / "e", verify=True, trust_code=True)
+    loaded = motorpool.load(tmp_path / "e", trust_code=True, gate=Gate(mean_error, data, max_drop=0.1))
     assert loaded.report.gate["passed"]
     tight = Gate(Metric("mean_error", mean_error), data, max_drop=0.0)
     with pytest.raises(GateError):
-        motorpool.load(tmp_path / "e", gate=tight)
+        motorpool.load(tmp_path / "e", trust_code=True, gate=tight)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import motorpool
-from motorpool import Availability, Backend, BackendRecord, Capabilities, Runner
+from motorpool import Availability, Backend, Capabilities, Runner
 from motorpool.plugin import InputSpec
 
 

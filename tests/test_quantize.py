@@ -65,7 +65,7 @@ def test_static_int8_engine_saves_and_loads(tmp_path, cnn_case):
     model, ex, calibration = cnn_case
     engine = motorpool.compile(model, ex, backend="torchscript", precision="int8", calibration=calibration)
     engine.save(tmp_path / "e")
-    loaded = motorpool.load(tmp_path / "e")
+    loaded = motorpool.load(tmp_path / "e", trust_code=True)  # TorchScript is code (SECURITY.md)
     x = held_out("cnn")[0][100:102]
     assert loaded.precision == "int8"
     torch.testing.assert_close(loaded(x), engine(x))
@@ -99,7 +99,7 @@ def test_half_precision_engines_save_and_load(backend_name, tmp_path):
     model, ex = get("two_inputs").build(2)
     engine = motorpool.compile(model, ex, backend=backend_name, precision="bf16")
     engine.save(tmp_path / "e")
-    loaded = motorpool.load(tmp_path / "e")
+    loaded = motorpool.load(tmp_path / "e", trust_code=True)  # TorchScript is code (SECURITY.md)
     x = get("two_inputs").inputs(3)
     assert loaded.precision == "bf16"
     torch.testing.assert_close(loaded(*x), engine(*x))

@@ -1,7 +1,6 @@
 """torch_compile saves an AOTInductor package: a load runs it without recompiling, keyed by the CPU's ISA."""
 
 import json
-import time
 
 import pytest
 import torch

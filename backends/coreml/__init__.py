@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from motorpool.plugin import (Option, Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
-                              InputError, Runner, UnsupportedError, detect_hardware, distribution_version,
-                              flatten_outputs, hookimpl, place)
+from motorpool.plugin import (Availability, Backend, BackendRecord, Capabilities, CompileError, CompileOptions,
+                              InputError, Option, Runner, UnsupportedError, artifact_file, detect_hardware,
+                              distribution_version, flatten_outputs, hookimpl, place)
 
 from .convert import (COMPUTE_UNITS, _ct, _import, _quiet_coremltools, check_program, convert, describe_program,
                       quantize_int8)
@@ -194,12 +194,15 @@ class CoreMLBackend(Backend):
         mlmodel.save(str(directory / ARTIFACT))
         return metadata
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        return []  # a Core ML package is a protobuf program and weights: data
+
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         ct = _ct()
         device = options.device.split(":")[0]
         self._check_request(options)
         with _quiet_coremltools():
-            mlmodel = ct.models.MLModel(str(directory / metadata.get("file", ARTIFACT)),
+            mlmodel = ct.models.MLModel(str(artifact_file(directory, metadata.get("file", ARTIFACT))),
                                         compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[device]))
         metadata = dict(metadata, compute_units=COMPUTE_UNITS[device])
         return CoreMLRunner(mlmodel, metadata, device=options.device, precision=options.precision)

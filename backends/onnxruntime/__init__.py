@@ -20,15 +20,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from motorpool.plugin import (Option, Availability, Backend, BackendRecord, BackendUnavailable, Capabilities, CompileError,
-                              CompileOptions, Runner, UnsupportedError, distribution_version, first_line, hookimpl,
-                              place, probe_package)
+from motorpool.plugin import (Availability, Backend, BackendRecord, BackendUnavailable, Capabilities, CompileError,
+                              CompileOptions, Option, Runner, TrustWarning, UnsupportedError, artifact_file,
+                              distribution_version, first_line, hookimpl, place, probe_package)
 
 from .export import EXPORTERS, EXTERNAL_DATA_THRESHOLD, MODEL_FILE, export_onnx, output_names_for, save_model_proto
 from .precision import convert
@@ -193,18 +194,24 @@ class OnnxRuntimeBackend(Backend):
                                  output_names=exported.output_names, device=options.device,
                                  precision=options.precision, session_config=config, info=info, owns_workdir=True)
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        return []  # an ONNX protobuf of standard operators, parsed by ONNX Runtime: data
+
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         import onnxruntime as ort
 
-        config = _with_threads({**SESSION_DEFAULTS, **metadata.get("session", {})}, options.extra)
+        model_file = artifact_file(directory, metadata.get("file", MODEL_FILE))
+        config = _with_threads(session_config(_stored_session(metadata.get("session", {}), directory)), options.extra)
         providers = choose_providers(options.device, ort.get_available_providers(), config.get("providers"))
         # the session reads the files as they are; copy them so the runner can save again after the
-        # user deletes or rewrites the loaded directory
+        # user deletes or rewrites the loaded directory (the model and its external data sit side by side;
+        # folders beside them, such as an export's verification data, are not the session's)
         workdir = Path(tempfile.mkdtemp(prefix="motorpool-onnxruntime-"))
-        for f in directory.iterdir():
-            shutil.copy2(f, workdir / f.name)
         try:
-            session = make_session(workdir / metadata.get("file", MODEL_FILE), config, providers, options.device)
+            for f in model_file.parent.iterdir():
+                if f.is_file() and not f.is_symlink():
+                    shutil.copy2(f, workdir / f.name)
+            session = make_session(workdir / model_file.name, config, providers, options.device)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -214,6 +221,28 @@ class OnnxRuntimeBackend(Backend):
         return OnnxRuntimeRunner(session, workdir, input_names=metadata.get("inputs") or options.spec.names,
                                  output_names=outputs, device=options.device, precision=options.precision,
                                  session_config=config, info=info, owns_workdir=True)
+
+
+def _stored_session(stored: Any, directory: Path) -> dict[str, Any]:
+    """The session settings an artifact may carry: the known keys, and provider *names* only. Provider options
+    can make ONNX Runtime load shared libraries, so a manifest cannot pass them (SECURITY.md)."""
+    if not isinstance(stored, dict):
+        return {}
+    session = {k: v for k, v in stored.items() if k in SESSION_DEFAULTS}
+    dropped = sorted(k for k in stored if k not in SESSION_DEFAULTS and k != "providers")
+    providers = stored.get("providers")
+    if providers:
+        entries = providers if isinstance(providers, list) else []
+        names = [p if isinstance(p, str) else p[0] for p in entries
+                 if isinstance(p, str) or (isinstance(p, (list, tuple)) and p and isinstance(p[0], str))]
+        if len(names) != len(entries) or any(isinstance(p, (list, tuple)) and len(p) > 1 and p[1] for p in entries):
+            dropped.append("provider options")
+        session["providers"] = names
+    if dropped:
+        warnings.warn(f"{directory}: ignoring the stored onnxruntime setting(s) {', '.join(dropped)}: a saved engine "
+                      "cannot pass execution provider options or other session settings; pass them yourself with "
+                      "motorpool.compile(..., options=...)", TrustWarning, stacklevel=4)
+    return session
 
 
 def _is_big(proto) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from motorpool.plugin import (Option, ArtifactError, Availability, Backend, BackendRecord, Capabilities, CompileError,
-                              CompileOptions, FlatOutputs, Runner, UnsupportedError, cache_root, distribution_version,
-                              export_program, first_line, hookimpl, probe_package, quiet_exporters)
+from motorpool.plugin import (ArtifactError, Availability, Backend, BackendRecord, Capabilities, CompileError,
+                              CompileOptions, FlatOutputs, Option, Runner, TrustWarning, UnsupportedError,
+                              artifact_file, distribution_version, export_program, first_line, hookimpl,
+                              probe_package, quiet_exporters, usable_cache_dir)
 
 from .int8 import quantize
 from .profiling import summarize_openvino_counters
@@ -113,9 +115,13 @@ class OpenVINORunner(Runner):
         # InferRequest.infer(list), which builds a dict and an OVDict. Inputs are shared, not copied
         # (ov.Tensor needs C order); outputs are copied out, since the request reuses its memory.
         tensor = self._tensor
-        for i, a in enumerate(inputs):
-            req.set_input_tensor(i, tensor(a if a.flags.c_contiguous else np.ascontiguousarray(a),
-                                           shared_memory=True))
+        # ov.Tensor(shared_memory=True) reads the array's memory when infer() runs, and keeps no reference to
+        # it: a C-order copy made here must stay alive until then (a temporary is freed at once, and infer()
+        # reads freed memory). Byte order too: OpenVINO reads native-endian bytes.
+        keep = [a if a.flags.c_contiguous and a.dtype.isnative else
+                np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=")) for a in inputs]
+        for i, a in enumerate(keep):
+            req.set_input_tensor(i, tensor(a, shared_memory=True))
         req.infer()
         return [req.get_output_tensor(i).data.copy() for i in self._outputs]
 
@@ -218,25 +224,28 @@ class OpenVINOBackend(Backend):
         return OpenVINORunner(compiled, device=options.device, precision=options.precision, info=info,
                               config=config, model=ov_model)
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        return []  # OpenVINO IR: an XML graph of standard operations and raw weights, parsed: data
+
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
         import openvino as ov
 
-        config = dict(metadata.get("config", {}))
+        config = _stored_config(metadata.get("config", {}), directory)
         ov_device = str(metadata.get("ov_device") or to_ov_device(options.device))
-        cache_dir = options.extra.get("cache_dir", default_cache_dir())
+        cache_dir = options.extra["cache_dir"] if "cache_dir" in options.extra else default_cache_dir()
         if cache_dir:
             config["CACHE_DIR"] = str(cache_dir)
         if options.extra.get("num_threads"):
             config["INFERENCE_NUM_THREADS"] = str(int(options.extra["num_threads"]))
-        xml = directory / metadata.get("xml", XML)
-        if not xml.exists() or not xml.with_suffix(".bin").exists():
+        xml = artifact_file(directory, metadata.get("xml", XML), what="xml")
+        if not xml.is_file() or not xml.with_suffix(".bin").is_file():
             raise ArtifactError(f"{directory} lacks the OpenVINO IR ({XML} + {BIN})")
         # compiled from the loaded path itself: the model cache is keyed on it, so a reload skips compiling
         compiled = _compile(str(xml), ov_device, config)
         # a private copy of the IR, so this engine can be saved again whatever happens to `directory`
         files = Path(tempfile.mkdtemp(prefix="motorpool-openvino-"))
-        for name in (XML, BIN):
-            shutil.copy2(directory / name, files / name)
+        shutil.copy2(xml, files / XML)
+        shutil.copy2(xml.with_suffix(".bin"), files / BIN)
         info = {"runtime": "OpenVINO " + ov.__version__.split("-")[0], **_kept_info(metadata), "ov_device": ov_device}
         info.update(_compiled_info(compiled, config))
         return OpenVINORunner(compiled, device=options.device, precision=options.precision, info=info,
@@ -251,9 +260,38 @@ def _kept_info(info: dict[str, Any]) -> dict[str, Any]:
             if k in ("converter", "convert_attempts", "ov_device") or k.startswith("int8_")}
 
 
-def default_cache_dir() -> str:
-    """OpenVINO's model cache: ``<motorpool cache root>/openvino``."""
-    return str(cache_root("openvino"))
+def default_cache_dir() -> str | None:
+    """OpenVINO's model cache: ``<motorpool cache root>/openvino``, private to the user (0o700); None (no model
+    cache, with a warning) when that directory cannot be created or is not private."""
+    path = usable_cache_dir("openvino", what="OpenVINO model cache", stacklevel=4)
+    return None if path is None else str(path)
+
+
+#: the compile properties an artifact may carry (what compile_config writes); nothing that names a path
+STORED_PROPERTIES = frozenset({"INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS",
+                               "INFERENCE_NUM_THREADS", "DEVICE_PROPERTIES"})
+
+
+def _stored_config(stored: Any, directory: Path) -> dict[str, Any]:
+    """The properties a saved artifact may hand to ``compile_model``: :data:`STORED_PROPERTIES`, as strings (and a
+    virtual device's per-device precision hints); anything else (``CACHE_DIR``, ...) is dropped with a warning."""
+    if not isinstance(stored, dict):
+        return {}
+    config: dict[str, Any] = {}
+    dropped = []
+    for key, value in stored.items():
+        if key == "DEVICE_PROPERTIES" and isinstance(value, dict) and all(
+                isinstance(v, dict) and set(v) <= {"INFERENCE_PRECISION_HINT"} for v in value.values()):
+            config[key] = {str(d): {k: str(x) for k, x in v.items()} for d, v in value.items()}
+        elif key in STORED_PROPERTIES and key != "DEVICE_PROPERTIES" and isinstance(value, (str, int)):
+            config[key] = str(value)
+        else:
+            dropped.append(str(key))
+    if dropped:
+        warnings.warn(f"{directory}: ignoring the stored OpenVINO propert{'y' if len(dropped) == 1 else 'ies'} "
+                      f"{', '.join(sorted(dropped))}: a saved engine cannot choose where OpenVINO writes or what it "
+                      "loads; pass cache_dir to motorpool.load(..., options=...) yourself", TrustWarning, stacklevel=4)
+    return config
 
 
 def compile_config(precision: str, extra: dict[str, Any], ov_device: str) -> dict[str, Any]:

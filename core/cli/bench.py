@@ -77,7 +77,7 @@ def _prices(text: str | None, count: int) -> list[float | None]:
     except ValueError:
         values = []
     if len(values) not in (1, count) or any(not v > 0 for v in values):
-        raise ValueError(f"--price-per-hour: expected one positive price in USD per hour"
+        raise ValueError("--price-per-hour: expected one positive price in USD per hour"
                          + (f" or {count} comma-separated, one per run" if count > 1 else "") + f", got {text!r}")
     return values * count if len(values) == 1 else values
 

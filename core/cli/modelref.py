@@ -23,6 +23,7 @@ import torch
 
 from ..pipeline.prepare import as_module
 from ..plugin.errors import InputError
+from ..plugin.trust import pt2_code_reasons
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
@@ -70,6 +71,11 @@ def _load_pt2(path: Path) -> LoadedModel:
     if not path.is_file():
         raise InputError(f"MODEL {str(path)!r}: no such file", input="MODEL", expected="an existing .pt2 file",
                          got=str(path))
+    reasons = pt2_code_reasons(path)  # torch.export.load unpickles flagged payloads: look before it reads them
+    if reasons:
+        raise InputError(f"MODEL {str(path)!r} would run code when loaded: {'; '.join(reasons)}. Load it yourself "
+                         "with torch.export.load if you trust it, and pass the module (see SECURITY.md)",
+                         input="MODEL", expected="a .pt2 without pickled payloads", got=str(path))
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - whatever the reader says, the user needs the file named

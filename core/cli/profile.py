@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size of the profiled call (default: the examples')")
     p.add_argument("--calls", type=int, default=50, help="timed calls (default 50)")
     p.add_argument("--top", type=int, default=10, help="operators to list (default 10)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="load an engine whose format is code (TorchScript, TensorRT, pickled payloads); see SECURITY.md")
     p.add_argument("--numpy", action="store_true", help="call with NumPy arrays instead of torch tensors")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -31,7 +33,7 @@ def run(args) -> int:
 
     with library_output(getattr(args, "verbose", False)):
         if Path(args.model).is_dir():
-            engine = motorpool.load(args.model)
+            engine = motorpool.load(args.model, trust_code=args.trust_code)
             examples = None
         else:
             loaded = load_model(args.model, batch=args.batch)

@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("inputs", metavar="INPUT.npy", nargs="+", help="one .npy file per model input, in order")
     p.add_argument("-o", "--output", required=True, help="directory to write the outputs to (created)")
     p.add_argument("--strict", action="store_true", help="refuse an engine made for other hardware or versions")
+    p.add_argument("--trust-code", action="store_true",
+                   help="load an engine whose format is code (TorchScript, TensorRT, pickled payloads); see SECURITY.md")
     p.set_defaults(func=run)
 
 
@@ -46,7 +48,7 @@ def run(args) -> int:
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read {f} as a .npy array (pickled object arrays are refused): {exc}")
     with library_output(getattr(args, "verbose", False)):
-        engine = motorpool.load(args.engine, strict=args.strict)
+        engine = motorpool.load(args.engine, strict=args.strict, trust_code=args.trust_code)
         try:
             outputs = engine(*arrays)
         except motorpool.InputError as exc:  # the files do not fit the engine: a failure of this run (1)

@@ -25,6 +25,8 @@ def register(sub) -> None:
                    help="threads for each engine's runtime (torch, ONNX Runtime, OpenVINO); default: the runtime's. "
                         "With --ray: each replica's num_cpus (1)")
     p.add_argument("--cache", action="store_true", help="answer repeated inputs from an in-process LRU cache")
+    p.add_argument("--trust-code", action="store_true",
+                   help="serve engines whose format is code (TorchScript, TensorRT, pickled payloads); see SECURITY.md")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (needs motorpool[ray])")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: number of replicas (1)")
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (warning)")
@@ -57,9 +59,11 @@ def run(args) -> int:
     try:
         models = oip_server.load_models(args.engines, args.name, max_batch_size=args.max_batch_size,
                                         max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
-                                        timeout_ms=args.timeout_ms, cache=args.cache, threads=args.threads)
+                                        timeout_ms=args.timeout_ms, cache=args.cache, threads=args.threads,
+                                        trust_code=args.trust_code)
     except (motorpool.MotorpoolError, OSError, ValueError) as exc:
-        return _fail(str(exc).replace("\n", " "))
+        hint = " (motorpool serve: pass --trust-code to trust it)" if "trust_code=True" in str(exc) else ""
+        return _fail(str(exc).replace("\n", " ") + hint)
     names = ", ".join(f"{n} ({m.engine.backend})" for n, m in models.items())
     server = oip_server.make_server(models, args.host, args.port, log_level=args.log_level)
     print(f"serving {names} on http://{args.host}:{args.port}/v2 (Open Inference Protocol)", flush=True)
@@ -91,7 +95,8 @@ def _run_ray(args) -> int:
     # with --ray, --threads is each replica's num_cpus (its threads follow)
     app = mray.deployment(args.engines[0], name=name, num_replicas=args.replicas,
                           ray_actor_options={"num_cpus": args.threads or 1}, max_batch_size=args.max_batch_size,
-                          batch_wait_timeout_s=args.max_delay_ms / 1e3, max_queue=args.max_queue, cache=args.cache)
+                          batch_wait_timeout_s=args.max_delay_ms / 1e3, max_queue=args.max_queue, cache=args.cache,
+                          trust_code=args.trust_code)
     ray.init(include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name=mray.app_name(args.engines[0], name), route_prefix="/")

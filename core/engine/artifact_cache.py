@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..plugin.errors import ArtifactError, MotorpoolError, UnsupportedError
-from ..plugin.paths import cache_root, private_dir
+from ..plugin.paths import CacheWarning, cache_root, private_dir, usable_cache_dir
 from ..plugin.registry import get_registry
 from .fingerprint import calibration_fingerprint, model_fingerprint
 from .manifest import jsonable
@@ -58,13 +58,9 @@ if TYPE_CHECKING:
 ENV_OFF = "MOTORPOOL_NO_CACHE"
 KEY_FILE = "key.json"
 ENGINE_DIR = "engine"
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: the fingerprint covers plain attributes, hooks and every method forward may call
 #: temporary directories older than this are left-overs of a killed process; ``prune`` removes them
 STALE_TMP_S = 3600.0
-
-
-class CacheWarning(UserWarning):
-    """A cache entry was discarded (corrupt, truncated, unreadable) or could not be written."""
 
 
 def cache_dir(create: bool = True) -> Path:
@@ -156,14 +152,15 @@ class Entry:
             with warnings.catch_warnings():
                 # the key already pins hardware and versions; load's own notes would only repeat that
                 warnings.simplefilter("ignore")
-                engine = open_saved(path / ENGINE_DIR, strict=True)
+                # motorpool wrote this entry into a directory private to this user: its code formats are ours
+                engine = open_saved(path / ENGINE_DIR, strict=True, trust_code=True)
         except FileNotFoundError as exc:
             if not path.exists():  # removed between our look and our read (a concurrent clear): a miss
                 return None
             self._discard(f"it is incomplete ({exc})")
             return None
-        except (MotorpoolError, OSError, ValueError, KeyError, RuntimeError) as exc:
-            self._discard(str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with an entry, it is rebuilt, never fatal
+            self._discard(str(exc) if isinstance(exc, MotorpoolError) else f"{type(exc).__name__}: {exc}")
             return None
         _touch(path)
         engine.report.info["cache"] = {"hit": True, "path": str(path), "key": self.digest}
@@ -180,8 +177,13 @@ class Entry:
             engine.report.info["cache"] = {"hit": False, "stored": False, "path": str(path),
                                            "reason": "another process stored this key first"}
             return None
-        private_dir(self.root)
-        private_dir(path.parent)
+        try:
+            private_dir(self.root)
+            private_dir(path.parent)
+        except OSError as exc:
+            warnings.warn(f"motorpool is not storing {path}: {exc}", CacheWarning, stacklevel=3)
+            engine.report.info["cache"] = {"hit": False, "stored": False, "reason": str(exc)}
+            return None
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir(mode=0o700)
@@ -208,6 +210,10 @@ class Entry:
         engine.report.info["cache"] = {"hit": False, "stored": True, "path": str(path), "key": self.digest}
         return path
 
+    def discard(self, why: str) -> None:
+        """Remove this entry with a :class:`CacheWarning` saying why (it is rebuilt by the next compile)."""
+        self._discard(why)
+
     def _discard(self, why: str) -> None:
         warnings.warn(f"motorpool discarded the cache entry {self.path} and will rebuild it: {why}",
                       CacheWarning, stacklevel=4)
@@ -230,7 +236,10 @@ def entry_for(backend: "Backend", availability: "Availability", model: "torch.nn
                    calibration=calibration)
     if key is None:
         return None
-    return Entry(key, cache_dir())
+    root = usable_cache_dir("engines", what="artifact cache", stacklevel=4)
+    if root is None:
+        return None
+    return Entry(key, root)
 
 
 def remove_entry(path: Path) -> None:

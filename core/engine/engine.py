@@ -108,9 +108,31 @@ class Engine:
                                f"{type(exc).__name__}: {exc}") from exc
 
     def _convert_in(self, inputs: tuple[Any, ...]) -> list[Any]:
-        if self._native == "numpy":
-            return [x if isinstance(x, np.ndarray) else to_numpy(x) for x in inputs]
-        return [torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in inputs]
+        """Checked inputs in the runner's native kind, normalized so every runtime reads them right: native byte
+        order (a ``>f4`` array passes the dtype check as float32, and runtimes read native bytes), negative and
+        conjugate bits resolved, and C order for NumPy runtimes (which read the buffer as laid out)."""
+        numpy_native = self._native == "numpy"
+        out = []
+        for x in inputs:
+            if isinstance(x, np.ndarray):
+                if not x.dtype.isnative:
+                    x = x.astype(x.dtype.newbyteorder("="))
+                if numpy_native:
+                    if not x.flags.c_contiguous:
+                        x = np.ascontiguousarray(x)
+                else:
+                    if any(s < 0 for s in x.strides):  # torch.from_numpy refuses negative strides
+                        x = np.ascontiguousarray(x)
+                    x = torch.from_numpy(x)
+            else:
+                if x.is_neg() or x.is_conj():
+                    x = x.resolve_neg().resolve_conj()
+                if numpy_native:
+                    x = to_numpy(x)
+                    if not x.flags.c_contiguous:
+                        x = np.ascontiguousarray(x)
+            out.append(x)
+        return out
 
     def _convert_out(self, outputs: list[Any], as_numpy: bool) -> list[Any]:
         if as_numpy:

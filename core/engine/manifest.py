@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plugin.errors import ArtifactError
+from ..plugin.trust import check_artifact_tree, replace_directory
 
 FORMAT = "motorpool-engine"
 FORMAT_VERSION = 1
@@ -71,13 +71,8 @@ def write_atomically(path: Path, fill, *, overwrite: bool = False) -> None:
     tmp.mkdir()
     try:
         fill(tmp)
-        if path.exists():
-            trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        # the old engine stays at ``path`` until the new one is whole and in place (an atomic exchange)
+        replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -104,9 +99,48 @@ def read_manifest(directory: Path, *, check: bool = True) -> dict[str, Any]:
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ArtifactError(f"{mpath}: manifest format {manifest['format_version']} is newer than this "
                             f"motorpool understands ({FORMAT_VERSION}); upgrade motorpool")
+    check_manifest_types(manifest, mpath)
     if check:
         verify_checksums(directory, manifest)
     return manifest
+
+
+#: the fields every loader reads, and the JSON types they must have
+_FIELDS = {"backend": str, "precision": str, "input_spec": dict, "output_tree": str, "checksums": dict}
+_OPTIONAL = {"device": str, "options": dict, "backend_metadata": dict, "versions": dict, "hardware": dict,
+             "verification": (dict, type(None)), "backend_version": (str, type(None)), "gate": (dict, type(None))}
+
+
+def check_manifest_types(manifest: Any, mpath: Path) -> None:
+    """Raise :class:`ArtifactError` naming the first field whose JSON type is not what loaders expect."""
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{mpath}: the manifest is a JSON {type(manifest).__name__}, expected an object")
+
+    def bad(field: str, value: Any, expected: str) -> ArtifactError:
+        return ArtifactError(f"{mpath}: manifest field {field!r} is {type(value).__name__} {str(value)[:80]!r}, "
+                             f"expected {expected}; the file is corrupt or was not written by motorpool")
+
+    for field, kind in _FIELDS.items():
+        if not isinstance(manifest.get(field), kind):
+            raise bad(field, manifest.get(field), kind.__name__)
+    for field, kind in _OPTIONAL.items():
+        if field in manifest and not isinstance(manifest[field], kind):
+            raise bad(field, manifest[field], " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple)
+                                                                                   else (kind,))))
+    spec = manifest["input_spec"]
+    inputs = spec.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise bad("input_spec.inputs", inputs, "a non-empty list of inputs")
+    for i, t in enumerate(inputs):
+        if not (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("dtype"), str)
+                and isinstance(t.get("shape"), list)
+                and all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in t["shape"])):
+            raise bad(f"input_spec.inputs[{i}]", t, "{name: str, dtype: str, shape: [int | str]}")
+    if not isinstance(spec.get("example_sizes", {}), dict) or not isinstance(spec.get("device", "cpu"), str):
+        raise bad("input_spec", spec, "{inputs, device: str, example_sizes: {name: int}}")
+    for name, digest in manifest["checksums"].items():
+        if not isinstance(digest, str):
+            raise bad(f"checksums[{name!r}]", digest, "a hex SHA-256")
 
 
 def verify_checksums(directory: Path, manifest: dict[str, Any]) -> None:
@@ -114,6 +148,8 @@ def verify_checksums(directory: Path, manifest: dict[str, Any]) -> None:
     expected: dict[str, str] = manifest.get("checksums", {})
     if not expected:
         raise ArtifactError(f"{directory}: the manifest lists no checksums")
+    if root.is_dir() or root.is_symlink():
+        check_artifact_tree(root)  # no symbolic links: every file a backend opens is one listed here
     actual = checksums(root) if root.is_dir() else {}
     missing = sorted(set(expected) - set(actual))
     extra = sorted(set(actual) - set(expected))

@@ -15,6 +15,7 @@ import torch
 
 from ..engine import artifact_cache
 from ..engine.engine import Engine
+from ..engine.fingerprint import model_fingerprint
 from ..engine.report import Report
 from ..plugin.contract import Availability, Backend, CompileOptions, check_options
 from ..plugin.errors import BackendUnavailable, CompileError, MotorpoolError, UnsupportedError
@@ -22,7 +23,7 @@ from ..plugin.helpers import flatten_outputs, host_device
 from ..plugin.registry import safe_availability
 from ..plugin.spec import InputSpec
 from .prepare import verification_inputs
-from .verify import verify
+from .verify import compare, tolerance_for, verify
 
 
 def resolve_device(backend: Backend, av: Availability, device: str) -> str:
@@ -103,19 +104,58 @@ def compile_one(b: Backend, model: torch.nn.Module, examples: tuple, spec: Input
     dspec = spec.with_device(host_device(dev))  # Core ML's "ane" takes host tensors
     entry = artifact_cache.entry_for(b, av, model, dspec, precision=precision, options=options,
                                      calibration=calibration, enabled_=cache)
+    # The reference outputs come first, before any backend sees the model: a backend that rewrites the module
+    # it compiles (in place, as some CPU backends do) cannot move the reference with it.
+    cases = verification_inputs(spec, examples, precision, calibration) if do_verify else [("examples", list(examples))]
+    references = _references(model, cases)
     engine = entry.load() if entry is not None else None
+    if engine is not None:
+        problem = _hit_problem(engine, cases[0][1], references[0], precision)
+        if problem:
+            entry.discard(f"it does not compute what the model computes on the examples ({problem})")
+            engine = None
     if engine is None:
         engine = _compile_fresh(b, av, model, examples, dspec, tree, device=dev, precision=precision,
                                 calibration=calibration, options=options)
+    engine.report.info["model_fingerprint"] = entry.key["model"] if entry is not None else model_fingerprint(model)
     if do_verify and engine.report.verification is None:
-        engine.report.verification = verify(reference_runner(model), engine_runner(engine),
-                                            verification_inputs(spec, examples, precision, calibration), precision,
-                                            backend=b.name)
+        stored = iter(references)
+        engine.report.verification = verify(lambda inputs: _replay(next(stored)), engine_runner(engine), cases,
+                                            precision, backend=b.name)
     if gate is not None:  # the task metric on the user's data: GateError (with the figure) over budget
         gate.check_compiled(engine, model, backend=b.name)
     if entry is not None and engine.report.load_time_s is None and engine.report.verification is not None:
         entry.store(engine)  # verified engines only: a failed verification raised above, verify=False stores none
     return engine
+
+
+def _references(model: torch.nn.Module, cases) -> list[Any]:
+    """Eager outputs for every case (or the exception the model raised on it, replayed inside ``verify``)."""
+    run = reference_runner(model)
+    out: list[Any] = []
+    for _, inputs in cases:
+        try:
+            out.append(run(inputs))
+        except Exception as exc:  # noqa: BLE001 - verify words the model's own failure
+            out.append(exc)
+    return out
+
+
+def _replay(reference: Any) -> Any:
+    if isinstance(reference, Exception):
+        raise reference
+    return reference
+
+
+def _hit_problem(engine: Engine, inputs: list[torch.Tensor], reference: Any, precision: str) -> str | None:
+    """Why a cache hit is not the model's engine (its outputs on the examples differ), or None."""
+    if isinstance(reference, Exception):
+        return None  # verify reports the model's own failure
+    try:
+        figures = compare(reference, engine_runner(engine)(inputs), tolerance_for(precision))
+    except Exception as exc:  # noqa: BLE001 - an entry that cannot even run is not this model's engine
+        return f"it raised {type(exc).__name__}: {exc}"
+    return None if figures["passed"] else figures.get("problem", "outputs differ")
 
 
 def _compile_fresh(b: Backend, av: Availability, model: torch.nn.Module, examples: tuple, dspec: InputSpec, tree, *,

@@ -274,6 +274,19 @@ class Backend(abc.ABC):
     def declared_options(cls) -> dict[str, Option]:
         return {o.name: o for o in cls.options}
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        """Why loading the artifact in ``directory`` would run code from it; empty when it is data only.
+
+        ``motorpool.load`` refuses an artifact with reasons unless the caller passes ``trust_code=True`` (or
+        it sits in motorpool's own private cache). Data formats (ONNX, OpenVINO IR, Core ML packages,
+        ``.pt2`` without pickled payloads) return ``[]``; code formats (TorchScript, native binaries,
+        pickles) say what and why, naming the file. Decide from the files themselves, never from
+        ``metadata`` alone: whoever wrote the directory wrote that too. The default treats an undeclared
+        format as code.
+        """
+        return [f"the {self.name} backend does not declare its artifacts to be data, so motorpool treats them "
+                "as code"]
+
     @abc.abstractmethod
     def availability(self) -> Availability:
         """Whether the backend can run here. Never raises: every failure is an :class:`Availability`."""

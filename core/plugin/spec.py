@@ -176,6 +176,10 @@ class InputSpec:
         sizes: dict[str, int] = {}
         for spec, value in zip(self.inputs, inputs):
             if isinstance(value, torch.Tensor):
+                if value.layout is not torch.strided:
+                    raise InputError(f"input {spec.name!r}: expected a dense (strided) tensor {spec.describe()}, "
+                                     f"got a {str(value.layout).removeprefix('torch.')} tensor; pass "
+                                     "x.to_dense()", input=spec.name, expected="torch.strided", got=str(value.layout))
                 dtype, shape, dev = dtype_name(value.dtype), tuple(value.shape), value.device
                 if _device_type(str(dev)) != _device_type(self.device) or (
                         ":" in self.device and str(dev) != self.device):

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 
 from ..plugin import hardware
-from ..plugin.paths import cache_root
+from ..plugin.paths import CacheWarning, cache_root, private_dir
 from ..plugin.spec import InputSpec
 
 FORMAT = "motorpool-decision"
@@ -71,6 +71,7 @@ class Decision:
             raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
         if not isinstance(d.get("winner"), str) or not isinstance(d.get("ranking"), list):
             raise ValueError("no winner or ranking in it")
+        _check_types(d)
         fields = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in fields})
 
@@ -86,10 +87,28 @@ class Decision:
         return None
 
 
+def _check_types(d: Mapping[str, Any]) -> None:
+    """Raise ValueError unless every field a reader uses has the JSON type it expects."""
+    for field_name, kind in (("key", str), ("objective", str), ("hardware", str), ("precision", str),
+                             ("device", str), ("created", str), ("dropped", list), ("versions", dict)):
+        if field_name in d and not isinstance(d[field_name], kind):
+            raise ValueError(f"{field_name} is {type(d[field_name]).__name__}, expected {kind.__name__}")
+    for i, m in enumerate(d["ranking"]):
+        if not isinstance(m, dict) or not isinstance(m.get("backend"), str):
+            raise ValueError(f"ranking[{i}] is {m!r}, expected an object with a backend name")
+    for i, m in enumerate(d.get("dropped", [])):
+        if not isinstance(m, dict):
+            raise ValueError(f"dropped[{i}] is {m!r}, expected an object")
+    for name, then in d.get("versions", {}).items():
+        if not isinstance(then, dict) or not all(isinstance(v, str) for v in then.values()):
+            raise ValueError(f"versions[{name!r}] is {then!r}, expected {{package: version}}")
+
+
 class DecisionCache:
     """Decisions on disk, one JSON file per key, under ``root`` (default ``cache_root()/decisions``)."""
 
     def __init__(self, root: str | Path | None = None):
+        self._default = root is None
         self.root = Path(root) if root is not None else cache_root("decisions")
 
     def path(self, key: str) -> Path:
@@ -99,18 +118,19 @@ class DecisionCache:
         """The decision stored under ``key``, or None when absent, corrupt (warned) or stale."""
         path = self.path(key)
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             warnings.warn(f"motorpool: cannot read decision cache file {path}: {exc}; measuring again",
-                          stacklevel=2)
+                          CacheWarning, stacklevel=2)
             return None
         try:
-            decision = Decision.from_dict(json.loads(text))
-        except (ValueError, TypeError) as exc:
-            warnings.warn(f"motorpool: ignoring corrupt decision cache file {path} ({exc}); it will be "
-                          "replaced by the next measurement", stacklevel=2)
+            decision = Decision.from_dict(json.loads(data.decode("utf-8")))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
+            warnings.warn(f"motorpool: discarded the corrupt decision cache file {path} ({exc}); the next "
+                          "measurement replaces it", CacheWarning, stacklevel=2)
+            path.unlink(missing_ok=True)
             return None
         if current_versions is not None and decision.stale_because(current_versions):
             return None
@@ -120,7 +140,8 @@ class DecisionCache:
         """Store ``decision`` atomically: readers see the old file or the new one, never half of one."""
         if not decision.created:
             decision.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.root.mkdir(parents=True, exist_ok=True)
+        # 0o700 from the cache root down; PermissionError when another user owns it or others may write it
+        cache_root("decisions", create=True) if self._default else private_dir(self.root)
         path = self.path(decision.key)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:

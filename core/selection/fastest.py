@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -25,6 +26,7 @@ from ..engine.engine import Engine
 from ..pipeline.prepare import as_module, prepare
 from ..plugin import hardware
 from ..plugin.errors import CompileError
+from ..plugin.paths import CacheWarning
 from ..plugin.spec import InputSpec
 from .auto import decision_key_for
 from .decisions import Decision, DecisionCache
@@ -196,7 +198,10 @@ def _store_decision(selection: Selection, key: str, ranking: Ranking, obj: Objec
                         dropped=[asdict(d) for d in selection.dropped],
                         versions={n: versions[n] for n in ranking.names}, hardware=hardware.fingerprint(),
                         precision=precision, device=device)
-    selection.decision_path = str(DecisionCache().put(decision))
+    try:
+        selection.decision_path = str(DecisionCache().put(decision))
+    except OSError as exc:  # a cache that cannot be written (not private, read-only) is not a failed select
+        warnings.warn(f"motorpool could not store the decision: {exc}", CacheWarning, stacklevel=3)
 
 
 def _from_decision(selection: Selection, decision: Decision, path: Path) -> None:

@@ -158,7 +158,7 @@ class CandidateRuns:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                engine = open_saved(path)
+                engine = open_saved(path, trust_code=True)  # written by this selection's own child
         except Exception as exc:  # noqa: BLE001 - then it is compiled again if it wins
             self.notes.append(f"{name}'s saved engine did not load here ({exc}); compiled again")
             return None

@@ -5,6 +5,7 @@ that is corrupt, truncated or written for another key reads as a miss."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import struct
 from typing import Any, Sequence
@@ -30,10 +31,22 @@ def _as_numpy(x: Any) -> np.ndarray:
         x = x.detach()
         if x.device.type != "cpu":
             x = x.cpu()
+        if x.is_neg() or x.is_conj():
+            x = x.resolve_neg().resolve_conj()
         if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: keep the bits
             return x.contiguous().view(torch.int16).numpy()
         return x.contiguous().numpy()
-    return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=x.dtype if x.dtype.isnative else x.dtype.newbyteorder("="))
+
+
+def _mac(body, secret: bytes | None) -> bytes:
+    """The entry's digest: BLAKE2b, keyed with ``secret`` when one is given (a MAC, like HMAC: an entry written
+    without the secret never verifies)."""
+    if secret is None:
+        return hashlib.blake2b(body, digest_size=_DIGEST).digest()
+    if len(secret) > hashlib.blake2b.MAX_KEY_SIZE:
+        secret = hashlib.blake2b(secret).digest()
+    return hashlib.blake2b(body, digest_size=_DIGEST, key=secret).digest()
 
 
 def _dtype_name(x: Any) -> str:
@@ -56,8 +69,9 @@ def input_key(identity: str, inputs: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
-def encode_entry(key: str, output: Any) -> bytes | None:
-    """Bytes for a cache entry: magic, header length, JSON header, raw arrays, BLAKE2b of all before it.
+def encode_entry(key: str, output: Any, *, secret: bytes | None = None) -> bytes | None:
+    """Bytes for a cache entry: magic, header length, JSON header, raw arrays, BLAKE2b of all before it
+    (keyed with ``secret`` when given, so only holders of the secret can write entries that verify).
 
     None when the output cannot be cached safely (a leaf that is not an array of a plain dtype, or an
     output structure pytree cannot describe).
@@ -79,16 +93,17 @@ def encode_entry(key: str, output: Any) -> bytes | None:
         blobs.append(memoryview(a).cast("B"))
     header = json.dumps({"key": key, "tree": tree_json, "leaves": metas}, separators=(",", ":")).encode()
     body = b"".join([_HEADER.pack(MAGIC, len(header)), header, *blobs])
-    return body + hashlib.blake2b(body, digest_size=_DIGEST).digest()
+    return body + _mac(body, secret)
 
 
-def decode_entry(key: str, data: bytes, *, as_numpy: bool) -> tuple[bool, Any]:
-    """``(True, output)`` for an intact entry written for ``key``; ``(False, None)`` for anything else."""
+def decode_entry(key: str, data: bytes, *, as_numpy: bool, secret: bytes | None = None) -> tuple[bool, Any]:
+    """``(True, output)`` for an intact entry written for ``key`` (and signed with ``secret``, when given);
+    ``(False, None)`` for anything else."""
     try:
         if len(data) < _HEADER.size + _DIGEST:
             return False, None
         body, digest = memoryview(data)[:-_DIGEST], data[-_DIGEST:]
-        if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
+        if not hmac.compare_digest(_mac(body, secret), digest):
             return False, None
         magic, hlen = _HEADER.unpack_from(body)
         if magic != MAGIC:
@@ -125,11 +140,15 @@ def decode_entry(key: str, data: bytes, *, as_numpy: bool) -> tuple[bool, Any]:
 def engine_identity(engine: Any, *, namespace: str = "") -> str:
     """A fingerprint of what ``engine`` computes, so different engines never share cache entries.
 
-    Backend, device, precision and input spec; the artifact's checksums when loaded from disk, else its
-    compile options; and a hash of its outputs on one fixed pseudo-random input of its spec.
+    Backend, device, precision, input spec and options, and the engine's content: the artifact's checksums
+    when it was loaded from disk, else the fingerprint of the model it was compiled from (weights, code,
+    attributes). Two engines with the same outputs on some probe (argmax, thresholds) but different weights
+    differ. Only an engine that carries neither falls back to a hash of its outputs on one fixed input.
     """
     spec = engine.input_spec
     manifest = getattr(engine, "manifest", None) or {}
+    report = getattr(engine, "report", None)
+    model = (getattr(report, "info", None) or {}).get("model_fingerprint")
     parts = {
         "namespace": namespace,
         "backend": getattr(engine, "backend", type(engine).__name__),
@@ -137,9 +156,12 @@ def engine_identity(engine: Any, *, namespace: str = "") -> str:
         "precision": getattr(engine, "precision", None),
         "spec": spec.to_dict(),
         "checksums": manifest.get("checksums"),
-        "options": repr(sorted((getattr(engine, "options", None) or {}).items())),
+        "model": None if manifest.get("checksums") else model,
+        "options": json.dumps(getattr(engine, "options", None) or {}, sort_keys=True, default=repr),
     }
     h = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=_DIGEST)
+    if parts["checksums"] or parts["model"]:
+        return h.hexdigest()
     probe = spec.random_inputs(generator=torch.Generator().manual_seed(20240607),
                                sizes={"batch": 2} if spec.has_dynamic_batch else None)
     for leaf in pytree.tree_leaves(engine(*probe)):

@@ -61,11 +61,11 @@ class ServedModel:
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, *, threads: int | None = None,
-             **options: Any) -> "ServedModel":
+             trust_code: bool = False, **options: Any) -> "ServedModel":
         """Load the saved engine at ``path`` (never compiles; ``threads`` sizes its runtime's thread pool, see
         :func:`load_engine`); the name defaults to the folder's."""
         path = Path(path)
-        return cls(load_engine(path, threads), name or path.resolve().name, **options)
+        return cls(load_engine(path, threads, trust_code=trust_code), name or path.resolve().name, **options)
 
     async def infer(self, inputs: Sequence[Any], timeout_ms: float | None = None) -> Any:
         """The model's outputs for one request (its output structure)."""

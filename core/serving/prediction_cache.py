@@ -36,10 +36,17 @@ class CachedEngine:
     Counters ``hits``, ``misses`` and ``corrupt`` (entries rejected as corrupt or foreign) are kept.
     Concurrent calls that miss on the same key run the model once (``coalesced`` counts the ones that
     waited for another's answer instead).
-    ``namespace`` separates otherwise identical engines on a shared store.
+    ``namespace`` separates otherwise identical engines on a shared store. ``hmac_key`` (bytes or str, the same
+    in every process sharing the store) signs every entry; an entry without a valid signature (planted by
+    someone who can write to the store but lacks the key) is a miss, counted in ``corrupt``.
+    ``stats()["store"]`` holds the store's own counters where it keeps some (RedisStore's circuit breaker).
     """
 
-    def __init__(self, engine: Any, store: Store | None = None, *, namespace: str = ""):
+    def __init__(self, engine: Any, store: Store | None = None, *, namespace: str = "",
+                 hmac_key: bytes | str | None = None):
+        self._secret = hmac_key.encode() if isinstance(hmac_key, str) else hmac_key
+        if self._secret is not None and not self._secret:
+            raise ValueError("hmac_key: an empty key signs nothing; pass a shared secret or None")
         self.target = engine
         self.engine = getattr(engine, "engine", engine)  # the engine behind a batcher
         self.store = store if store is not None else LRUStore()
@@ -65,7 +72,7 @@ class CachedEngine:
         data = self.store.get(key)
         as_numpy = all(isinstance(x, np.ndarray) for x in inputs)
         if data is not None:
-            ok, output = decode_entry(key, data, as_numpy=as_numpy)
+            ok, output = decode_entry(key, data, as_numpy=as_numpy, secret=self._secret)
             if ok:
                 with self._lock:
                     self.hits += 1
@@ -82,7 +89,7 @@ class CachedEngine:
 
     def remember(self, key: str, output: Any) -> bytes | None:
         """Store ``output`` under ``key``; returns the entry, or None when the output cannot be cached."""
-        entry = encode_entry(key, output)
+        entry = encode_entry(key, output, secret=self._secret)
         if entry is None:
             with self._lock:
                 self.uncacheable += 1
@@ -106,7 +113,8 @@ class CachedEngine:
         if leader is not None:
             entry = leader.result()
             if entry is not None:
-                ok, output = decode_entry(key, entry, as_numpy=all(isinstance(x, np.ndarray) for x in inputs))
+                ok, output = decode_entry(key, entry, as_numpy=all(isinstance(x, np.ndarray) for x in inputs),
+                                          secret=self._secret)
                 if ok:
                     with self._lock:
                         self.coalesced += 1
@@ -143,8 +151,12 @@ class CachedEngine:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             total = self.hits + self.misses
-            return {"hits": self.hits, "misses": self.misses, "coalesced": self.coalesced, "corrupt": self.corrupt,
-                    "uncacheable": self.uncacheable, "hit_rate": self.hits / total if total else 0.0}
+            out = {"hits": self.hits, "misses": self.misses, "coalesced": self.coalesced, "corrupt": self.corrupt,
+                   "uncacheable": self.uncacheable, "hit_rate": self.hits / total if total else 0.0}
+        store_stats = getattr(self.store, "stats", None)
+        if callable(store_stats):
+            out["store"] = store_stats()
+        return out
 
     def __repr__(self) -> str:
         return f"<motorpool.CachedEngine {self.engine!r} store={self.store!r} hits={self.hits} misses={self.misses}>"

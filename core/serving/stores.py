@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import abc
 import threading
+import time
 import warnings
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
+
+from .circuit_breaker import CircuitBreaker
 
 
 class Store(abc.ABC):
@@ -98,49 +101,71 @@ class RedisStore(Store):
 
     ``url`` like ``redis://host:6379/0`` or an existing ``client``; keys are prefixed with ``prefix``;
     ``ttl_s`` makes entries expire. A Redis that cannot be reached makes lookups misses (counted in
-    ``errors``, warned once): the cache never turns a working model into a failing one.
+    ``errors``, warned once): the cache never turns a working model into a failing one. After
+    ``failure_threshold`` failures in a row a circuit breaker opens: for ``retry_after_s`` every call skips
+    Redis at once (counted in ``skipped``), then one call probes it again. So a Redis that accepts
+    connections but never answers costs a few socket timeouts, not two per call. ``stats()`` has the counters.
+    The client motorpool builds does not retry a failed command (redis-py's default retries with backoff).
     """
 
     def __init__(self, url: str | None = "redis://localhost:6379/0", *, client: Any = None,
-                 prefix: str = "motorpool:", ttl_s: float | None = None, socket_timeout_s: float = 1.0):
+                 prefix: str = "motorpool:", ttl_s: float | None = None, socket_timeout_s: float = 1.0,
+                 failure_threshold: int = 3, retry_after_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
         if client is None:
             try:
                 import redis
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
             except ImportError as exc:
                 raise ImportError('RedisStore needs redis-py: pip install "motorpool[redis]"') from exc
             client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
-                                          socket_connect_timeout=socket_timeout_s)
+                                          socket_connect_timeout=socket_timeout_s, retry=Retry(NoBackoff(), 0))
         self.client = client
         self.prefix = prefix
         self.ttl_ms = None if ttl_s is None else max(1, int(ttl_s * 1000))
-        self.errors = 0
+        self.breaker = CircuitBreaker(failure_threshold, retry_after_s, clock=clock)
         self._warned = False
 
+    @property
+    def errors(self) -> int:
+        return self.breaker.failures
+
+    @property
+    def skipped(self) -> int:
+        return self.breaker.skipped
+
+    def stats(self) -> dict[str, Any]:
+        return {"errors": self.breaker.failures, **self.breaker.stats()}
+
     def _failed(self, what: str, exc: Exception) -> None:
-        self.errors += 1
+        opened = self.breaker.failed()
         if not self._warned:
             self._warned = True
             warnings.warn(f"RedisStore: {what} failed ({type(exc).__name__}: {exc}); treating as a miss",
                           RuntimeWarning, stacklevel=3)
+        if opened:
+            warnings.warn(f"RedisStore: {self.breaker.failures} failures; skipping Redis for "
+                          f"{self.breaker.retry_after_s:g} s before trying it again", RuntimeWarning, stacklevel=3)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        if not self.breaker.allow():
+            return None
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; each is a miss
+            self._failed(what, exc)
+            return None
+        self.breaker.succeeded()
+        return result
 
     def get(self, key: str) -> bytes | None:
-        try:
-            return self.client.get(self.prefix + key)
-        except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; each is a miss
-            self._failed("GET", exc)
-            return None
+        return self._call("GET", self.client.get, self.prefix + key)
 
     def set(self, key: str, value: bytes) -> None:
-        try:
-            self.client.set(self.prefix + key, value, px=self.ttl_ms)
-        except Exception as exc:  # noqa: BLE001
-            self._failed("SET", exc)
+        self._call("SET", self.client.set, self.prefix + key, value, px=self.ttl_ms)
 
     def delete(self, key: str) -> None:
-        try:
-            self.client.delete(self.prefix + key)
-        except Exception as exc:  # noqa: BLE001
-            self._failed("DEL", exc)
+        self._call("DEL", self.client.delete, self.prefix + key)
 
     def clear(self) -> None:
         """Delete every key under this store's prefix (SCAN, never KEYS: safe on a busy server)."""

@@ -213,7 +213,9 @@ def _export_dir(path: Path, repo: Path, name: str, version: int, *, max_batch_si
                                       "`motorpool compile` or Engine.save")
     manifest = json.loads(manifest_path.read_text())
     layout = _check_backend(manifest["backend"])
-    engine = open_engine(path)  # checks the checksums, and gives the output datatypes and shapes
+    # checks the checksums, and gives the output datatypes and shapes. Opened trusted: the repository is written
+    # for Triton to run this very artifact, TorchScript included
+    engine = open_engine(path, trust_code=True)
     meta = oip.describe_engine(engine, name)
     batched = meta.batched and max_batch_size > 0
     kind = _instance_kind(instance_kind, manifest.get("device", "cpu"))

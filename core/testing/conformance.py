@@ -22,8 +22,10 @@ backend's own reason) for:
 - many threads calling one engine with distinct inputs, each result matching its own input; and, when the
   backend declares ``thread_safe``, the same on its runner directly, with no lock in between;
 - save, then load and run in a fresh process (one child per backend for all models);
-- a well-formed ``availability()`` answer and well-formed capabilities;
-- the caller's model unchanged by compiling (weights, buffers, their layout, the mode).
+- odd memory layouts (channels_last, transposed, sliced, Fortran order, negative strides, big-endian) give
+  the same answers (:mod:`.conformance_inputs`);
+- the caller's model unchanged by compiling (weights, buffers, their layout, the mode);
+- a well-formed ``availability()`` answer and well-formed capabilities.
 
 Known gaps are declared with markers carrying a reason (see :mod:`motorpool.testing.plugin`)::
 
@@ -54,6 +56,7 @@ from ..pipeline.verify import compare, tolerance_for
 from . import zoo
 from .checks import (CHILD_SCRIPT, Compiled, bad_calls, compare_outputs, fresh_inputs, native, on_engine, reference,
                      resize, run_threads)
+from .conformance_inputs import InputLayoutConformance
 from .gaps import known_gap
 from .targets import DEVICES
 
@@ -73,7 +76,7 @@ def _models(attribute: str):
     return mark
 
 
-class BackendConformance:
+class BackendConformance(InputLayoutConformance):
     """Subclass as ``TestSomething`` to run the conformance suite. Class attributes tune it:
 
     ``backends``: names to run over (None: every registered backend); ``zoo_models``: the zoo models;

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import motorpool
 from motorpool import (Availability, Backend, Capabilities, CompileError, CompileOptions, InputError, InputSpec,
                        Runner, Status, UnsupportedError)
+from motorpool.plugin import artifact_file
 
 ARTIFACT = "model.pte"
 METHOD = "forward"
@@ -224,8 +225,13 @@ class ExecuTorchBackend(Backend):
                                f"{str(exc)[:3000]}", backend=self.name) from exc
         return pte, {"delegate_calls": delegated, "portable_ops": portable}
 
+    def code_in_artifact(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        # a .pte is a flatbuffer of calls to the runtime's registered kernels plus XNNPACK-serialized subgraphs,
+        # parsed by the runtime: data (SECURITY.md); it cannot bring kernels of its own
+        return []
+
     def load(self, directory: Path, metadata: dict[str, Any], options: CompileOptions) -> Runner:
-        pte = (directory / metadata.get("file", ARTIFACT)).read_bytes()
+        pte = artifact_file(directory, metadata.get("file", ARTIFACT)).read_bytes()
         bounds = {k: tuple(v) for k, v in (metadata.get("bounds") or {}).items()}
         info = {"runtime": "ExecuTorch", "delegate": metadata.get("delegate", DELEGATE), "pte_bytes": len(pte),
                 "bounds": {k: list(v) for k, v in bounds.items()}}
