@@ -3,7 +3,10 @@ cache, objectives, and candidates that crash, hang or compute the wrong numbers.
 
 import io
 import json
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -287,3 +290,32 @@ def test_progress_is_quiet_off_a_terminal_and_says_each_stage_on_one(capsys):
     loud.done("p50 1.000 ms at batch 4")
     text = stream.getvalue()
     assert "[1/2] onnxruntime: compile" in text and "verify" in text and "p50 1.000 ms" in text
+
+
+def test_fastest_works_for_a_model_class_defined_in_the_users_script(tmp_path):
+    """The README's pattern: `class MyModel` in the script being run (__main__), which a child process cannot
+    import. The children compile its torch.export capture; no candidate is dropped for it (issue 16)."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import json, torch, motorpool
+        from torch import nn
+
+        class MyModel(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+            def forward(self, x):
+                return self.net(x)
+
+        if __name__ == "__main__":
+            sel = motorpool.select(MyModel().eval(), torch.randn(4, 16), backends=["eager", "torchscript"],
+                                   isolate=True, budget_s=0.5, use_cache=False)
+            print(json.dumps({"measured": [m.backend for m in sel.ranking],
+                              "dropped": [[d.backend, d.reason] for d in sel.dropped], "notes": sel.notes}))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MOTORPOOL_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(out["measured"]) == ["eager", "torchscript"] and not out["dropped"], out
+    assert any("torch.export capture" in n for n in out["notes"]), out["notes"]
