@@ -102,7 +102,9 @@ class _PackageCall:
                                                              -1 if index is None else index)
 
     def __call__(self, *inputs):
-        return self._loader.run(list(inputs))
+        # the package's kernels were generated for the contiguous strides it was exported with: other layouts
+        # (channels_last, transposed, sliced) would be read with the wrong strides
+        return self._loader.run([x.contiguous() for x in inputs])
 
 
 class AotiRunner(TorchRunner, Runner):

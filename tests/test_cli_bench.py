@@ -102,7 +102,7 @@ def test_compile_then_run_on_npy_files(models_pkg, tmp_path, capsys):
     # a TorchScript engine is code: refused unless trusted (SECURITY.md)
     capsys.readouterr()
     assert main(["run", str(engine_dir), str(tmp_path / "x.npy"), "-o", str(out)]) == 1
-    assert "--trust-code" in capsys.readouterr().out and not out.exists()
+    assert "--trust-code" in capsys.readouterr().err and not out.exists()  # errors go to stderr
     assert main(["run", str(engine_dir), str(tmp_path / "x.npy"), "-o", str(out), "--trust-code"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["output_logits.npy", "output_pair_0.npy", "output_pair_1.npy"]

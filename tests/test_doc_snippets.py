@@ -95,7 +95,12 @@ def snippets(doc: Path) -> list[Snippet]:
             m = MARK.match(lines[k].strip()) if k >= 0 else None
             if m:
                 kind, reason = m["kind"], m["reason"]
-            out.append(Snippet(doc, start + 1, "\n".join(body) + "\n", kind, reason or ""))
+            code = "\n".join(body) + "\n"
+            if kind == "continues" and out:  # one run for the chain: the earlier block runs as part of this one
+                before = out.pop()
+                out.append(Snippet(doc, before.line, before.code, "skip", f"runs as part of {doc.name}:{start + 1}"))
+                code, kind, reason = before.code + code, None, ""
+            out.append(Snippet(doc, start + 1, code, kind, reason or ""))
         i += 1
     return out
 

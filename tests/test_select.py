@@ -182,13 +182,13 @@ def fake_registry(fresh_registry):
 
 def test_select_drops_wrong_and_ranks_by_objective(fake_registry):
     model, x = zoo.get("tuple_out").build(batch=4)
-    sel = motorpool.select(model, x, backends=["eager", "slow", "wrong"], budget_s=0.6, use_cache=False)
+    sel = motorpool.select(model, x, candidates=["eager", "slow", "wrong"], budget_s=0.6, use_cache=False)
     assert [m.backend for m in sel.ranking] == ["eager", "slow"]  # slow is 20 ms late on every call
     assert sel.ranking[0].figures["p50_ms"] < sel.ranking[1].figures["p50_ms"]
     assert sel.ranking[0].verification["passed"] and sel.ranking[0].verification["checks"] >= 2
     dropped = {d.backend: d for d in sel.dropped}
     assert dropped["wrong"].status == "rejected" and "does not match eager PyTorch" in dropped["wrong"].reason
-    thr = motorpool.select(model, x, backends=["eager", "slow"], objective="throughput@16", budget_s=0.4,
+    thr = motorpool.select(model, x, candidates=["eager", "slow"], objective="throughput@16", budget_s=0.4,
                            use_cache=False)
     assert thr.winner == "eager" and thr.ranking[0].figures["batch"] == 16 and thr.objective == "throughput@16"
     assert "eager" in str(sel) and "wrong" in str(sel)
@@ -196,7 +196,7 @@ def test_select_drops_wrong_and_ranks_by_objective(fake_registry):
 
 def test_crashing_and_hanging_children_are_dropped_with_reasons(fake_registry):
     model, x = zoo.get("mlp").build(batch=2)
-    sel = motorpool.select(model, x, backends=["eager", "crashy", "hangy"], timeout_s=25, budget_s=0.3,
+    sel = motorpool.select(model, x, candidates=["eager", "crashy", "hangy"], timeout_s=25, budget_s=0.3,
                            use_cache=False)
     assert sel.winner == "eager"
     dropped = {d.backend: d.reason for d in sel.dropped}
@@ -208,7 +208,7 @@ def test_a_hang_in_process_is_abandoned(fake_registry):
     model, x = zoo.get("mlp").build(batch=2)
     fakes.RELEASE.clear()
     try:
-        sel = motorpool.select(model, x, backends=["eager", "hangy"], isolate=False, timeout_s=1.0, budget_s=0.2,
+        sel = motorpool.select(model, x, candidates=["eager", "hangy"], isolate=False, timeout_s=1.0, budget_s=0.2,
                                use_cache=False)
     finally:
         fakes.RELEASE.set()  # let the abandoned thread finish
@@ -219,7 +219,7 @@ def test_a_hang_in_process_is_abandoned(fake_registry):
 def test_no_candidate_left_raises_with_every_reason(fake_registry):
     model, x = zoo.get("mlp").build(batch=2)
     with pytest.raises(motorpool.CompileError, match=r"wrong: .*does not match") as info:
-        motorpool.select(model, x, backends=["wrong"], use_cache=False)
+        motorpool.select(model, x, candidates=["wrong"], use_cache=False)
     assert "wrong" in info.value.reasons
 
 
@@ -233,7 +233,7 @@ def test_child_gets_a_model_whose_class_it_cannot_import(fake_registry):
             return torch.tanh(self.fc(x))
 
     model = Local().eval()
-    sel = motorpool.select(model, torch.randn(2, 6), backends=["torchscript"], isolate=True, budget_s=0.3,
+    sel = motorpool.select(model, torch.randn(2, 6), candidates=["torchscript"], isolate=True, budget_s=0.3,
                            use_cache=False)
     assert sel.winner == "torchscript" and sel.ranking[0].isolated
     assert any("torch.export" in n for n in sel.notes)
@@ -270,7 +270,7 @@ def test_fastest_returns_a_verified_engine_and_auto_reuses_the_decision(real_can
     assert auto.report.info["selection"]["source"] == "decision cache"
     again = motorpool.compile(model, x, backend="fastest", candidates=real_candidates, budget_s=1.5)
     assert again.backend == engine.backend and again.report.info["selection"]["from_cache"]
-    sel = motorpool.select(model, x, backends=real_candidates)
+    sel = motorpool.select(model, x, candidates=real_candidates)
     assert sel.from_cache and sel.winner == engine.backend
 
 
@@ -308,7 +308,7 @@ def test_fastest_works_for_a_model_class_defined_in_the_users_script(tmp_path):
                 return self.net(x)
 
         if __name__ == "__main__":
-            sel = motorpool.select(MyModel().eval(), torch.randn(4, 16), backends=["eager", "torchscript"],
+            sel = motorpool.select(MyModel().eval(), torch.randn(4, 16), candidates=["eager", "torchscript"],
                                    isolate=True, budget_s=0.5, use_cache=False)
             print(json.dumps({"measured": [m.backend for m in sel.ranking],
                               "dropped": [[d.backend, d.reason] for d in sel.dropped], "notes": sel.notes}))
@@ -319,3 +319,12 @@ def test_fastest_works_for_a_model_class_defined_in_the_users_script(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert sorted(out["measured"]) == ["eager", "torchscript"] and not out["dropped"], out
     assert any("torch.export capture" in n for n in out["notes"]), out["notes"]
+
+
+def test_select_takes_candidates_like_compile_and_warns_on_the_old_name():
+    model, x = zoo.get("mlp").build(2)
+    with pytest.warns(DeprecationWarning, match="candidates="):
+        sel = motorpool.select(model, x, backends=["eager"], budget_s=0.2, use_cache=False)
+    assert sel.winner == "eager"
+    with pytest.raises(TypeError, match="not both"):
+        motorpool.select(model, x, backends=["eager"], candidates=["eager"])

@@ -117,7 +117,7 @@ def engines(tmp_path_factory):
         m, ex = zoo.get(case).build()
         saved[case] = motorpool.compile(m, ex, backend=backend).save(root / case)
     # each engine as the server loads it, to compare the server's answers with
-    return {name: (path, motorpool.load(path)) for name, path in saved.items()}
+    return {name: (path, motorpool.load(path, trust_code=True)) for name, path in saved.items()}
 
 
 @pytest.fixture(scope="module")

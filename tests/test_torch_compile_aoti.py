@@ -60,7 +60,7 @@ def test_load_runs_the_package_without_recompiling(saved, monkeypatch):
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compile)
     monkeypatch.setattr(torch, "compile", no_compile)
-    loaded = motorpool.load(path)
+    loaded = motorpool.load(path, trust_code=True)  # an AOTInductor package is native code
     assert loaded.report.info.get("loaded") == "package"
     for batch in (1, 4):
         _check(loaded, model, batch)
@@ -71,7 +71,7 @@ def test_load_on_another_isa_recompiles_with_a_warning(saved, monkeypatch):
     here = tc.isa_key("cpu")
     monkeypatch.setattr(tc, "isa_key", lambda device: {**here, "features": sorted(here["features"][1:])})
     with pytest.warns(UserWarning, match=f"built for another instruction set .*lacks {here['features'][0]}"):
-        loaded = motorpool.load(path)
+        loaded = motorpool.load(path, trust_code=True)
     assert here["features"][0] in loaded.report.info["recompiled"]
     _check(loaded, model, 3)
 

@@ -77,7 +77,7 @@ def engines(tmp_path_factory):
 @pytest.mark.parametrize("backend_name,case", list(_params()))
 def test_repository_parses_and_runs_like_the_engine(engines, tmp_path, backend_name, case):
     path = engines[backend_name, case]
-    engine = motorpool.load(path)
+    engine = motorpool.load(path, trust_code=True)  # this test built it (a TorchScript engine is code)
     repo = tmp_path / "repo"
     model_dir = export_triton(path, repo, name=f"{case}_{backend_name}", max_batch_size=16,
                               preferred_batch_sizes=[4, 8], max_queue_delay_us=500)

@@ -49,15 +49,17 @@ RUNOFF_MAX = 4
 
 # -- public entry points --------------------------------------------------------------------------------
 
-def select(model: torch.nn.Module, example_inputs: Any, *, backends: Sequence[str] | None = None,
+def select(model: torch.nn.Module, example_inputs: Any, *, candidates: Sequence[str] | None = None,
            precision: str = "fp32", device: str = "auto", objective: str = "p50", budget_s: float | None = None,
            timeout_s: float | None = None, isolate: bool | str = "auto", use_cache: bool = True,
            progress: bool | None = None, dynamic_batch: bool = True,
            dynamic_dims: Mapping[str, Mapping[int, str]] | None = None, input_names: Sequence[str] | None = None,
-           calibration: Iterable[Any] | None = None, options: Mapping[str, Any] | None = None) -> Selection:
+           calibration: Iterable[Any] | None = None, options: Mapping[str, Any] | None = None,
+           backends: Sequence[str] | None = None) -> Selection:
     """Measure the candidate backends for ``model`` and return their ranking; keeps no engine.
 
-    ``backends`` limits the candidates (default: every backend ``auto`` keeps for this model). ``objective``
+    ``candidates`` limits them (default: every backend ``auto`` keeps for this model), the same name
+    ``compile(backend="fastest", candidates=...)`` takes; ``backends=`` is its old spelling. ``objective``
     is ``"p50"`` (latency at the example's batch size), ``"p90"``, ``"p99"``, ``"mean"`` or
     ``"throughput"``, each optionally at another batch size (``"throughput@32"``). ``budget_s`` is the
     total timing budget (default 2 s per candidate); ``timeout_s`` limits each candidate's compile, verify
@@ -65,10 +67,16 @@ def select(model: torch.nn.Module, example_inputs: Any, *, backends: Sequence[st
     ``"auto"`` those whose compile is declared medium or high cost. A valid stored decision is returned
     as it is unless ``use_cache=False``; a fresh measurement is stored either way.
     """
+    if backends is not None:
+        if candidates is not None:
+            raise TypeError("select: pass candidates= (backends= is its old spelling), not both")
+        warnings.warn("motorpool.select(backends=...) is now candidates=..., as in compile", DeprecationWarning,
+                      stacklevel=2)
+        candidates = backends
     model = as_module(model)
     examples, spec, tree = prepare(model, example_inputs, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims,
                                    input_names=input_names)
-    selection, _ = _search(model, examples, spec, tree, names=backends, device=device, precision=precision,
+    selection, _ = _search(model, examples, spec, tree, names=candidates, device=device, precision=precision,
                            objective=objective, budget_s=budget_s, timeout_s=timeout_s, isolate=isolate,
                            use_cache=use_cache, progress=progress, calibration=calibration,
                            options=dict(options or {}), keep_winner=False)

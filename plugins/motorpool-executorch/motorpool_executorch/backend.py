@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import motorpool
 from motorpool import (Availability, Backend, Capabilities, CompileError, CompileOptions, InputError, InputSpec,
                        Runner, Status, UnsupportedError)
-from motorpool.plugin import artifact_file
+from motorpool.plugin import Option, artifact_file
 
 ARTIFACT = "model.pte"
 METHOD = "forward"
@@ -96,6 +96,7 @@ class ExecuTorchRunner(Runner):
         self._pte = pte
         self._spec = spec
         self._bounds = {k: tuple(v) for k, v in bounds.items()}
+        self.dim_bounds = dict(self._bounds)  # the engine's spec carries them: a call past one is an InputError
         self.device = "cpu"
         self.precision = precision
         self.info = dict(info)
@@ -146,6 +147,11 @@ class ExecuTorchBackend(Backend):
         devices=("cpu",), precisions=frozenset({"fp32"}), dynamic_batch=True, dynamic_shapes=True,
         thread_safe=True, serializable=True, compile_cost="medium", priority={"*": 80},
         native_inputs="torch",
+    )
+    options = (
+        Option("min_sizes", dict, None, "lower bound per dynamic dimension, e.g. {'batch': 1}"),
+        Option("max_sizes", dict, None, f"upper bound per dynamic dimension (batch {DEFAULT_MAX_BATCH}, others "
+               f"max({DEFAULT_MAX_SIZE}, 2 x the example's size) by default)"),
     )
 
     def availability(self) -> Availability:

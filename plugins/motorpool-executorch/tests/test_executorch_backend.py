@@ -38,9 +38,9 @@ def test_the_batch_bound_is_planned_and_a_call_past_it_is_an_input_error(mlp_eng
     assert engine.report.info["bounds"] == {"batch": [1, 8]}
     x = torch.randn(8, 32)
     torch.testing.assert_close(engine(x), model(x), rtol=1e-4, atol=1e-5)
-    with pytest.raises(motorpool.InputError, match=r"dimension 0 \('batch'\) is 9, outside the bounds \[1, 8\]") as err:
+    with pytest.raises(motorpool.InputError, match=r"dimension 0 \(batch\) is 9, outside the bounds 1\.\.8") as err:
         engine(torch.randn(9, 32))
-    assert err.value.input == "x" and err.value.expected == (1, 8) and err.value.got == 9
+    assert err.value.input == "x" and err.value.expected == "1..8" and err.value.got == 9
 
 
 def test_the_default_batch_bound_is_64():
@@ -62,7 +62,7 @@ def test_a_bounded_sequence_dimension():
     x = torch.randn(3, 16, 32)
     torch.testing.assert_close(engine(x), model(x), rtol=1e-4, atol=1e-5)
     for bad in (17, 3):
-        with pytest.raises(motorpool.InputError, match=rf"\('seq'\) is {bad}, outside the bounds \[4, 16\]"):
+        with pytest.raises(motorpool.InputError, match=rf"\(seq\) is {bad}, outside the bounds 4\.\.16"):
             engine(torch.randn(3, bad, 32))
 
 
@@ -94,5 +94,5 @@ def test_the_artifact_is_a_pte_program_delegated_to_xnnpack(mlp_engine, tmp_path
     loaded = motorpool.load(path)
     x = torch.randn(5, 32)
     torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)
-    with pytest.raises(motorpool.InputError, match=r"\[1, 8\]"):
+    with pytest.raises(motorpool.InputError, match=r"outside the bounds 1\.\.8"):
         loaded(torch.randn(9, 32))  # the bounds travel with the artifact
