@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import concurrent.futures
 import json
 import os
 import re
@@ -36,6 +37,9 @@ MARK = re.compile(r"^<!--\s*snippet:\s*(?P<kind>\S+)\s*(?P<reason>.*?)\s*-->$")
 FENCE = re.compile(r"^```python\s*$")
 #: the backends auto/fastest may pick from in a snippet, beside those the document names
 BASE_BACKENDS = ("eager", "onnxruntime")
+BUILTIN_BACKENDS = ("eager", "torchscript", "torch_compile", "onnxruntime", "openvino", "tensorrt", "coreml")
+#: snippets run this many at a time (each on one thread): the docs' run is the suite's longest part
+PARALLEL = 2
 SNIPPET_TIMEOUT_S = 420
 
 #: stand-ins for names the docs use without defining: (name, code, names it needs first)
@@ -182,7 +186,9 @@ def run_snippet(snippet: Snippet, work: Path) -> dict:
     job.write_text(json.dumps({"id": snippet.id, "code": snippet.code, "prelude": prelude_for(snippet.code),
                                "out": str(out)}))
     allowed = sorted(set(BASE_BACKENDS) | backends_named(snippet.code))
+    blocked = sorted(set(BUILTIN_BACKENDS) - set(allowed))  # built-ins stay unless blocked by name
     env = {**os.environ, "MOTORPOOL_CACHE": str(work / "cache"), "MOTORPOOL_PLUGINS": ",".join(allowed),
+           "MOTORPOOL_BLOCK_PLUGINS": ",".join(blocked), "OMP_NUM_THREADS": "1",  # two snippets run at once
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     try:
         proc = subprocess.run([sys.executable, "-c", _CHILD, str(job)], capture_output=True, text=True, env=env,
@@ -209,13 +215,29 @@ def test_the_docs_have_snippets_and_every_one_parses():
         ast.parse(s.code, filename=s.id)
 
 
+@pytest.fixture(scope="module")
+def snippet_results(tmp_path_factory) -> dict[str, dict]:
+    """Every runnable snippet's result, run PARALLEL at a time in fresh child processes."""
+    runnable = [s for s in ALL if s.kind != "skip"]
+    root = tmp_path_factory.mktemp("snippets")
+
+    def run(i_snippet):
+        i, snippet = i_snippet
+        work = root / f"s{i}"
+        work.mkdir()
+        return snippet.id, run_snippet(snippet, work)
+
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+        return dict(pool.map(run, enumerate(runnable)))
+
+
 @pytest.mark.parametrize("snippet", ALL, ids=[s.id for s in ALL])
-def test_snippet_runs(snippet: Snippet, tmp_path, request):
+def test_snippet_runs(snippet: Snippet, request):
     if snippet.kind == "skip":
         pytest.skip(snippet.reason)
     if snippet.kind == "xfail":
         request.applymarker(pytest.mark.xfail(reason=snippet.reason, strict=True))
-    result = run_snippet(snippet, tmp_path)
+    result = request.getfixturevalue("snippet_results")[snippet.id]
     assert result["ok"], (f"{snippet.id} fails as written: {result['error']}\n--- snippet ---\n{snippet.code}"
                           f"--- prelude ---\n{prelude_for(snippet.code)}\n{result.get('traceback', '')}")
 
