@@ -242,7 +242,7 @@ def bench_model(name: str, args, tmp: Path) -> dict:
         if args.fastest and batch in args.fastest_batches:
             t0 = time.perf_counter()
             try:
-                sel = motorpool.select(model, examples, backends=list(engines), objective=f"p50@{batch}",
+                sel = motorpool.select(model, examples, candidates=list(engines), objective=f"p50@{batch}",
                                        use_cache=False, budget_s=args.fastest_budget, progress=False, **kw)
                 entry["fastest"] = sel.winner
                 entry["fastest_s"] = time.perf_counter() - t0
