@@ -157,23 +157,10 @@ Known gaps are declared, with a reason, as markers on the class, e.g.
     @pytest.mark.notyet(["$name"], models=["gru"], reason="the runtime has no GRU op")
 """
 
-import os
-
-import pytest
-
 from motorpool.testing.conformance import BackendConformance
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _private_artifact_cache(tmp_path_factory):
-    """Compile afresh on every run: never load engines an earlier version of this code built."""
-    old = os.environ.get("MOTORPOOL_CACHE")
-    os.environ["MOTORPOOL_CACHE"] = str(tmp_path_factory.mktemp("motorpool-cache"))
-    yield
-    if old is None:
-        os.environ.pop("MOTORPOOL_CACHE", None)
-    else:
-        os.environ["MOTORPOOL_CACHE"] = old
+# motorpool's pytest plugin gives every test session a fresh artifact cache: no run loads an engine an
+# earlier version of this code built, and none writes into your own cache
 
 
 class Test$cls_prefix(BackendConformance):
