@@ -385,7 +385,10 @@ def make_session(path: Path, config: dict[str, Any], providers: list[Any], devic
 
 def _session_info(session, config: dict[str, Any]) -> dict[str, Any]:
     providers = session.get_providers()
-    return {"provider": providers[0], "providers": providers, "session": dict(config)}
+    info = {"provider": providers[0], "providers": providers, "session": dict(config)}
+    if config.get("intra_op_num_threads"):  # 0 is ONNX Runtime's own default: nothing to report
+        info["threads"] = int(config["intra_op_num_threads"])
+    return info
 
 
 def optimize_transformer(path: Path, model_type: str, scratch: Path, extra: dict[str, Any]) -> dict[str, Any]:

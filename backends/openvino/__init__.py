@@ -326,6 +326,8 @@ def _compile(model, ov_device: str, config: dict[str, Any]):
 
 def _compiled_info(compiled, config: dict[str, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {"config": dict(config)}
+    if config.get("INFERENCE_NUM_THREADS"):
+        info["threads"] = int(config["INFERENCE_NUM_THREADS"])
     for prop in ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS",
                  "EXECUTION_DEVICES"):
         try:

@@ -219,7 +219,7 @@ class Runner(abc.ABC):
     thread_safe: bool = False
     #: "torch" or "numpy": the kind of array ``run`` takes and returns without conversion
     native_inputs: str = "torch"
-    #: what the backend reports about itself (providers, exporter path, blocks...)
+    #: what the backend reports about itself (providers, exporter path, blocks...; ``threads``: its own pool's size)
     info: dict[str, Any]
     #: (min, max) per dynamic dimension the compiled artifact was built for (a TensorRT profile, a Core ML
     #: range, an ExecuTorch memory plan); the engine's spec carries them, so a call past one is an InputError

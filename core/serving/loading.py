@@ -43,12 +43,10 @@ def load_engine(path: str | Path, threads: int | None = None, *, trust_code: boo
 
 
 def engine_threads(engine: Any) -> int:
-    """The threads ``engine``'s runtime runs with, as far as it tells (else torch's)."""
+    """The threads ``engine``'s runtime runs with: what its runner reports as ``info["threads"]`` (ONNX Runtime's
+    intra-op pool, OpenVINO's INFERENCE_NUM_THREADS), else torch's."""
     info = getattr(engine.runner, "info", {}) or {}
-    value = (info.get("session", {}).get("intra_op_num_threads")  # ONNX Runtime
-             or info.get("config", {}).get("INFERENCE_NUM_THREADS")  # OpenVINO
-             or torch.get_num_threads())
-    return int(value)
+    return int(info.get("threads") or torch.get_num_threads())
 
 
 __all__ = ["open_engine", "load_engine", "engine_threads"]
