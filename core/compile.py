@@ -28,8 +28,11 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, backend: str | Seque
             candidates: Sequence[str] | None = None, cache: bool | None = None, gate: Gate | None = None) -> Engine:
     """Compile ``model`` for a backend and return an :class:`Engine` called exactly like the model.
 
-    ``backend`` is a name, a list of names to try in order, or ``"auto"`` (ranked by the hardware present).
-    The engine is verified against eager PyTorch on the examples and on fresh random inputs; its report
+    ``backend`` is a name, a list of names to try in order, or ``"auto"``: ranked by what the hardware can do
+    (its CPU features, its GPUs) and the model's kind (attention, convolution, recurrent, dense; read from one
+    eager run), from the priorities the backends declare; when the top two are a close call, both are
+    compiled and timed side by side for ``budget_s`` (default 1 s; 0: never) and the faster is kept (the
+    report's ``info["selection"]`` says why and shows the figures). The engine is verified against eager PyTorch on the examples and on fresh random inputs; its report
     says what was tried and why each rejected candidate was dropped. A named backend that fails raises
     with the reason; under ``"auto"`` or a list, a failing candidate is skipped.
 

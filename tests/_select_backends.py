@@ -80,3 +80,33 @@ class SlowBackend(_Fake):
 
     def compile(self, model, example_inputs, options):
         return _ModuleRunner(model, options, delay_s=0.02)
+
+
+class LateBackend(_Fake):
+    """Right numbers, 5 ms late on every call, and ranked first: a declared rank that timing must overrule."""
+
+    name = "late"
+    capabilities = Capabilities(compile_cost="none", priority={"*": 1})
+
+    def compile(self, model, example_inputs, options):
+        return _ModuleRunner(model, options, delay_s=0.005)
+
+
+class PromptBackend(_Fake):
+    """Right numbers at once, ranked just behind "late" (a close call)."""
+
+    name = "prompt"
+    capabilities = Capabilities(compile_cost="none", priority={"*": 4})
+
+    def compile(self, model, example_inputs, options):
+        return _ModuleRunner(model, options)
+
+
+class BrokenBackend(_Fake):
+    """Ranked close behind the others; its compiler always fails."""
+
+    name = "broken"
+    capabilities = Capabilities(compile_cost="none", priority={"*": 5})
+
+    def compile(self, model, example_inputs, options):
+        raise RuntimeError("this compiler is broken")

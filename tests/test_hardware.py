@@ -45,11 +45,11 @@ def test_parse_arm_cpuinfo():
      "nvidia", ["cpu", "cuda:0"]),
     (Hardware(CPUInfo("Apple", "Apple M3", "arm64", 8), (GPUInfo(0, "Apple GPU (MPS)", "mps"),),
               apple_silicon=True, neural_engine=True), "apple", ["cpu", "mps", "ane"]),
-    (Hardware(CPUInfo("GenuineIntel", "Xeon", "x86_64", 2)), "intel-cpu", ["cpu"]),
+    (Hardware(CPUInfo("GenuineIntel", "Xeon", "x86_64", 2)), "cpu", ["cpu"]),  # the vendor is no class
     (Hardware(CPUInfo("AuthenticAMD", "EPYC", "x86_64", 2)), "cpu", ["cpu"]),
     (Hardware(CPUInfo("ARM", "Neoverse", "aarch64", 4)), "cpu", ["cpu"]),
     (Hardware(CPUInfo("GenuineIntel", "Core Ultra", "x86_64", 8), (GPUInfo(0, "Intel Arc", "xpu"),)),
-     "intel-cpu", ["cpu", "xpu:0"]),
+     "cpu", ["cpu", "xpu:0"]),
 ])
 def test_hardware_class_and_devices(hw, cls, devices):
     assert hw.hardware_class == cls and cls in hardware.HARDWARE_CLASSES

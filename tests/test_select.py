@@ -21,6 +21,7 @@ from motorpool.engine.fingerprint import model_fingerprint
 from motorpool.selection.decisions import Decision, DecisionCache, decision_key
 from motorpool.selection.progress import Progress
 from motorpool.selection.ranking import rank
+from motorpool.plugin.priority import Situation
 from motorpool.plugin.spec import InputSpec
 from motorpool.testing import zoo
 from motorpool.selection.timing import Objective, measure
@@ -53,37 +54,44 @@ def _fake(name, *, priority, precisions=("fp32",), dynamic_batch=True, dynamic_s
 
 # -- auto: the declared ranking ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("hw_class, expected", [
-    ("nvidia", ["gpu_first", "portable", "cpu_first"]),
-    ("intel-cpu", ["cpu_first", "portable", "gpu_first"]),
-    ("apple", ["portable", "gpu_first", "cpu_first"]),
-    ("cpu", ["portable", "gpu_first", "cpu_first"]),
+@pytest.mark.parametrize("situation, expected", [
+    (Situation("nvidia"), ["gpu_first", "portable", "avx_attention"]),
+    (Situation("cpu", frozenset({"avx512f"}), frozenset({"attention", "fp32"})),
+     ["avx_attention", "portable", "gpu_first"]),
+    (Situation("cpu", frozenset({"avx2"}), frozenset({"attention", "fp32"})), ["portable", "gpu_first", "avx_attention"]),
+    (Situation("cpu", frozenset({"avx512f"}), frozenset({"convolution", "fp32"})),
+     ["portable", "gpu_first", "avx_attention"]),
+    (Situation("apple"), ["portable", "gpu_first", "avx_attention"]),
 ])
-def test_ranking_follows_each_backends_declared_priority(fresh_registry, hw_class, expected):
+def test_ranking_follows_each_backends_declared_priority(fresh_registry, situation, expected):
     fresh_registry.register(_fake("gpu_first", priority={"nvidia": 1, "*": 50}))
-    fresh_registry.register(_fake("cpu_first", priority={"intel-cpu": 1, "*": 60}))
+    fresh_registry.register(_fake("avx_attention", priority={"cpu+avx512f/attention": 1, "*": 60}))
     fresh_registry.register(_fake("portable", priority={"*": 20}))
-    ranking = rank("fp32", hardware_class=hw_class)
-    assert ranking.names == expected and ranking.hardware_class == hw_class
+    ranking = rank("fp32", situation=situation)
+    assert ranking.names == expected and ranking.hardware_class == situation.hardware
+    first = ranking.kept[0]
+    assert first.rule in fresh_registry.get(first.name).capabilities.priority
 
 
 def test_builtin_backends_declare_the_intended_orders():
     reg = motorpool.get_registry()
     present = set(reg.names())
 
-    def order(hw_class):
-        return rank("fp32", hardware_class=hw_class, check_availability=False,
-                    names=sorted(present)).names
+    def order(hardware, features=(), traits=()):
+        situation = Situation(hardware, frozenset(features), frozenset(traits) | {"fp32"})
+        return rank("fp32", situation=situation, check_availability=False, names=sorted(present)).names
 
-    def assert_before(hw_class, sequence):
-        got = [n for n in order(hw_class) if n in sequence]
-        assert got == [n for n in sequence if n in present], (hw_class, order(hw_class))
+    def assert_before(names, sequence):
+        got = [n for n in names if n in sequence]
+        assert got == [n for n in sequence if n in present], names
 
-    assert_before("intel-cpu", ["openvino", "onnxruntime", "torch_compile", "torchscript", "eager"])
-    assert_before("nvidia", ["tensorrt", "torch_compile", "onnxruntime", "eager"])
-    assert_before("apple", ["coreml", "eager"])
-    if "onnxruntime" in present:
-        assert order("cpu")[0] == "onnxruntime"
+    avx512 = ("avx2", "avx512f", "avx512_vnni")
+    assert_before(order("cpu", avx512, ["attention"]), ["openvino", "onnxruntime", "torch_compile", "torchscript",
+                                                         "eager"])
+    for traits in (["convolution"], ["attention", "dynamic"], ["attention", "causal"]):
+        assert_before(order("cpu", avx512, traits), ["onnxruntime", "openvino", "torch_compile", "eager"])
+    assert_before(order("nvidia"), ["tensorrt", "torch_compile", "onnxruntime", "eager"])
+    assert_before(order("apple"), ["coreml", "eager"])
     if "coreml" in present:
         assert order("apple")[0] == "coreml"
 

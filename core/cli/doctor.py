@@ -50,18 +50,21 @@ def collect(ticker: Ticker | None = None) -> dict:
         warnings.simplefilter("always")
         rows = probe_backends(ticker)
     skipped = [{"plugin": p, "distribution": d, "reason": r} for p, d, r in get_registry().skipped]
+    from ..plugin.priority import KINDS
     from ..selection.ranking import rank
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = rank("fp32")  # the order backend="auto" tries here (no timing)
+        # the order backend="auto" tries here, per kind of model ("~": a close call, timed)
+        by_kind = {kind: rank("fp32", traits=[kind]) for kind in KINDS}
     return {
         "motorpool": __version__,
         "hardware": hardware.detect().to_dict(),
         "backends": [r.to_dict() for r in rows],
         # devices only a backend's runtime sees (OpenVINO's Intel GPU/NPU, Core ML's Neural Engine...)
         "backend_devices": {r.name: list(r.devices) for r in rows if r.available},
-        "auto_order": auto.names,
+        "auto_order": by_kind["dense"].names,
+        "auto_by_kind": {kind: r.describe() for kind, r in by_kind.items()},
         "skipped_plugins": skipped,
         "warnings": sorted({str(w.message) for w in caught}),
     }
@@ -88,7 +91,8 @@ def run(args) -> int:
     print(f"class    {hw['hardware_class']}   fingerprint {hw['fingerprint']}")
     seen = sorted({d for devs in data["backend_devices"].values() for d in devs})
     print(f"devices  {', '.join(seen) or '-'} (as the available backends see them)")
-    print(f"auto     {' > '.join(data['auto_order']) or 'no backend available'}")
+    for i, (kind, order) in enumerate(data["auto_by_kind"].items()):
+        print(f"{'auto' if i == 0 else '':8s} {kind:12s} {order}")
     print()
     print(f"{'backend':14s} {'status':20s} {'version':22s} {'devices':18s} notes")
     for b in data["backends"]:

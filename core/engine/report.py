@@ -66,12 +66,29 @@ class Report:
             g = self.gate
             lines.append(f"gate {g.get('metric')}: drop {g.get('drop', float('nan')):.4g} (budget "
                          f"{g.get('max_drop')}) {'passed' if g.get('passed') else 'FAILED'}")
+        if self.info.get("selection", {}).get("mode") == "auto":
+            lines.append(auto_line(self.info["selection"]))
         width = max([14] + [len(c.backend) for c in self.candidates])
         for c in self.candidates:
             figures = candidate_figures(c.figures)
             text = "; ".join(x for x in (figures, c.reason) if x)
             lines.append(f"  {c.backend:{width}s} {c.status:9s} {text}".rstrip())
         return "\n".join(lines)
+
+
+def auto_line(sel: dict[str, Any]) -> str:
+    """How ``auto`` chose, in one line: the model's kind, and the declared rank or the timing that decided."""
+    kind = sel.get("model", {}).get("kind")
+    head = f"auto: {kind + ' model' if kind else 'the model'} on {sel.get('hardware_class', '?')}"
+    if sel.get("source") == "decision cache":
+        return f"{head}; the stored measurement's winner first ({sel.get('decision')})"
+    timed = sel.get("timed")
+    if timed and timed.get("winner"):
+        return f"{head}; a close call, timed side by side for {timed['budget_s']:g}s: {timed['winner']} was faster"
+    if timed:
+        return f"{head}; a close call, not timed: {timed.get('skipped')}"
+    ranked = sel.get("ranked") or [{}]
+    return f"{head}; ranked first by its declared priority ({ranked[0].get('rule') or 'no key matched'})"
 
 
 def candidate_figures(f: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from .errors import OptionError, UnsupportedError
+from .priority import Situation, check_priority, decide
 
 if TYPE_CHECKING:
     import torch
@@ -122,9 +123,10 @@ def distribution_version(distribution: str) -> str | None:
 class Capabilities:
     """What a backend declares it can do. Tests and ``auto`` decide on these flags, never on names.
 
-    ``priority`` ranks backends for ``backend="auto"`` per kind of hardware: a mapping from a hardware
-    class (``"nvidia"``, ``"apple"``, ``"intel-cpu"``, ``"cpu"``) to a rank, lower first; ``"*"`` applies
-    to every class not named.
+    ``priority`` ranks backends for ``backend="auto"``: a mapping from situations to ranks, lower first.
+    A situation names the hardware, the CPU features it needs and the model's traits
+    (``"cpu+avx512f/attention": 10``); the most specific key that matches decides. The grammar, the
+    features and the traits are in :mod:`motorpool.plugin.priority`; ``"*"`` matches everywhere.
     """
 
     devices: tuple[str, ...] = ("cpu",)
@@ -144,8 +146,16 @@ class Capabilities:
     #: it runs the model as eager PyTorch does: the baseline every other engine is measured against
     reference: bool = False
 
-    def rank_for(self, hardware_class: str) -> int:
-        return self.priority.get(hardware_class, self.priority.get("*", 100))
+    def __post_init__(self) -> None:
+        check_priority(self.priority)  # a misspelled key would otherwise never match, silently
+
+    def rank_for(self, situation: "Situation | str") -> int:
+        """The rank for ``situation`` (or a bare hardware name, ``"cpu"``)."""
+        return decide(self.priority, situation)[0]
+
+    def priority_for(self, situation: "Situation | str") -> tuple[int, str]:
+        """The rank for ``situation`` and the key that decided it (``""``: none matched)."""
+        return decide(self.priority, situation)
 
     def to_dict(self) -> dict[str, Any]:
         return {

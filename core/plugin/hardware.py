@@ -37,8 +37,12 @@ _DARWIN_FEATURES = {
     "hw.optional.arm.FEAT_I8MM": "i8mm", "hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.arm.FEAT_SME": "sme",
     "hw.optional.avx2_0": "avx2", "hw.optional.avx512f": "avx512f", "hw.optional.avx512vnni": "avx512_vnni",
 }
-#: the hardware classes backends rank themselves for in ``Capabilities.priority`` ("*" covers the rest)
-HARDWARE_CLASSES = ("nvidia", "apple", "intel-cpu", "cpu")
+#: every feature name detection can report (priority keys may name these)
+FEATURE_NAMES = frozenset(_X86_FEATURES.values()) | frozenset(_ARM_FEATURES.values()) | frozenset(
+    _DARWIN_FEATURES.values())
+#: the hardware classes backends rank themselves for in ``Capabilities.priority`` ("*" covers the rest); which
+#: CPU features matter is said by feature, not by vendor (see motorpool.plugin.priority)
+HARDWARE_CLASSES = ("nvidia", "apple", "cpu")
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,11 @@ class Hardware:
 
     @property
     def hardware_class(self) -> str:
-        """The class ``auto`` ranks backends for: nvidia, apple, intel-cpu or cpu (one of HARDWARE_CLASSES)."""
+        """The class ``auto`` ranks backends for: nvidia, apple or cpu (one of HARDWARE_CLASSES)."""
         if any(g.kind == "cuda" for g in self.gpus):
             return "nvidia"
         if self.apple_silicon:
             return "apple"
-        if self.cpu.vendor == "GenuineIntel":
-            return "intel-cpu"
         return "cpu"
 
     @property

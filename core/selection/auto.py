@@ -1,26 +1,36 @@
 """``backend="auto"`` and lists of backends: the order to try, and the loop that keeps the first that works.
 
-The order is the declared ranking (:mod:`.ranking`), except that a valid measured decision for this model,
-spec, precision and hardware (:mod:`.decisions`, written by ``fastest``) puts its winner first.
+The order is the declared ranking (:mod:`.ranking`) for this machine and this model's traits
+(:mod:`.model_traits`: its kind, read from one eager run, and what is asked of it), except that a valid
+measured decision for this model, spec, precision and hardware (:mod:`.decisions`, written by ``fastest``)
+puts its winner first. When the two leading candidates are ranked closer than ``CLEAR_CUT`` (a close call:
+the declarations do not know which is faster here), ``auto`` compiles both and times them side by side for
+about a second (``budget_s``; 0 never times), and keeps the faster; the report says so, with the figures.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..engine.engine import Engine
+from ..engine.fingerprint import model_fingerprint
 from ..engine.report import Candidate
 from ..pipeline.candidate import as_compile_error, candidate_status, compile_one, reason
 from ..plugin.errors import CompileError
+from ..plugin.priority import CLEAR_CUT
 from ..plugin.registry import get_registry, safe_availability
 from ..plugin.spec import InputSpec
-from ..engine.fingerprint import model_fingerprint
 from .decisions import Decision, DecisionCache, decision_key
-from .ranking import Ranked, rank
-from .timing import Objective
+from .model_traits import read_traits
+from .ranking import Ranked, Ranking, rank
+from .timing import Objective, measure_interleaved, timing_inputs
+
+#: seconds ``auto`` spends timing the top two candidates of a close call, when the caller sets none
+AUTO_TIMING_BUDGET_S = 1.0
 
 
 def decision_key_for(model, spec, precision, device, objective) -> str:
@@ -29,28 +39,50 @@ def decision_key_for(model, spec, precision, device, objective) -> str:
                         objective=objective)
 
 
-def auto_candidates(precision: str, *, spec: InputSpec, device: str, model: torch.nn.Module | None,
-                    objective: str = "p50", names: Sequence[str] | None = None
-                    ) -> tuple[list[str], list[Candidate], dict[str, Any]]:
-    """``backend="auto"``: the order to try, the backends dropped with reasons, and how the order was made.
+@dataclass
+class Plan:
+    """The backends to try, in order, and how the order was made."""
 
-    The order is the declared ranking, except that a valid measured decision for this model, spec,
-    precision and hardware puts its winner (and then its measured runners-up) first.
-    """
+    order: list[str]
+    single: bool = False  # the user named exactly one backend
+    dropped: list[Candidate] = field(default_factory=list)  # what "auto" dropped, with reasons
+    note: dict[str, Any] = field(default_factory=dict)  # for the report's info["selection"]
+    ranking: Ranking | None = None  # "auto"'s declared ranking; None for a name or a list
+    measured: bool = False  # the order came from a stored measurement
+
+    def close_call(self, first: str) -> str | None:
+        """The candidate after ``first`` when the declared ranking cannot tell them apart, or None."""
+        if self.ranking is None or self.measured or first not in self.order:
+            return None
+        rest = self.order[self.order.index(first) + 1:]
+        if not rest or self.ranking.clear_cut(first, rest[0]):
+            return None
+        return rest[0]
+
+
+def auto_plan(precision: str, *, spec: InputSpec, device: str, model: torch.nn.Module | None,
+              examples: tuple | None = None, objective: str = "p50", names: Sequence[str] | None = None) -> Plan:
+    """``backend="auto"``: the ranking for this machine and model, or a stored decision's order."""
+    traits = read_traits(model, examples, spec, precision) if model is not None and examples is not None else None
     # Availability is not asked here: compile's loop asks each backend in turn and stops at the first that
-    # works, so "auto" imports one runtime, not all of them.
-    ranking = rank(precision, spec=spec, device=device, names=names, check_availability=False)
-    order = ranking.names
-    skipped = [Candidate(r.name, "skipped", r.reason) for r in ranking.dropped]
-    note: dict[str, Any] = {"mode": "auto", "hardware_class": ranking.hardware_class, "ranked": list(order)}
-    if model is not None and order:
+    # works, so "auto" imports one runtime (two for a close call), not all of them.
+    ranking = rank(precision, spec=spec, device=device, names=names, check_availability=False,
+                   traits=traits.traits if traits else ())
+    plan = Plan(ranking.names, dropped=[Candidate(r.name, "skipped", r.reason) for r in ranking.dropped],
+                ranking=ranking)
+    plan.note = {"mode": "auto", "hardware_class": ranking.hardware_class, "situation": ranking.situation.to_dict(),
+                 "ranked": [{"backend": r.name, "rank": r.rank, "rule": r.rule} for r in ranking.kept]}
+    if traits is not None:
+        plan.note["model"] = traits.to_dict()
+    if model is not None and plan.order:
         decision, path = cached_decision(model, spec, precision, device, str(Objective.parse(objective)))
         if decision is not None:
-            measured = [m["backend"] for m in decision.ranking if m["backend"] in order]
-            order = measured + [n for n in order if n not in measured]
-            note.update(source="decision cache", decision=str(path), objective=decision.objective,
-                        measured_winner=decision.winner)
-    return order, skipped, note
+            measured = [m["backend"] for m in decision.ranking if m["backend"] in plan.order]
+            plan.order = measured + [n for n in plan.order if n not in measured]
+            plan.measured = True
+            plan.note.update(source="decision cache", decision=str(path), objective=decision.objective,
+                             measured_winner=decision.winner)
+    return plan
 
 
 def cached_decision(model, spec, precision, device, objective) -> tuple[Decision | None, Path | None]:
@@ -72,58 +104,100 @@ def cached_decision(model, spec, precision, device, objective) -> tuple[Decision
     return decision, decisions.path(key)
 
 
-def candidate_order(backend: str | Sequence[str], precision: str, *, spec: InputSpec, device: str = "auto",
-                    model: torch.nn.Module | None = None, objective: str = "p50",
-                    candidates: Sequence[str] | None = None) -> tuple[list[str], bool, list[Candidate], dict]:
-    """The backend names to try, in order; whether the user named exactly one; the backends "auto" dropped
-    (with reasons); and how the order was made (for the report)."""
+def plan_for(backend: str | Sequence[str], precision: str, *, spec: InputSpec, device: str = "auto",
+             model: torch.nn.Module | None = None, examples: tuple | None = None, objective: str = "p50",
+             candidates: Sequence[str] | None = None) -> Plan:
+    """The backends to try for ``backend`` (one name, a list, or "auto"), in order."""
     reg = get_registry()
     if isinstance(backend, str) and backend != "auto":
         reg.get(backend)  # an unknown name lists the valid ones
-        return [backend], True, [], {}
+        return Plan([backend], single=True)
     if isinstance(backend, str):
-        order, skipped, note = auto_candidates(precision, spec=spec, device=device, model=model,
-                                               objective=objective, names=candidates)
-        return order, False, skipped, note
+        return auto_plan(precision, spec=spec, device=device, model=model, examples=examples, objective=objective,
+                         names=candidates)
     names = list(backend)
     if not names:
         raise ValueError("backend: an empty list names no backend to try")
     for n in names:
         reg.get(n)
-    return names, False, [], {}
+    return Plan(names)
 
 
 def compile_in_order(model: torch.nn.Module, examples: tuple, spec: InputSpec, tree, *,
                      backend: str | Sequence[str], device: str, precision: str, calibration: Any,
                      options: dict, verify: bool, objective: str, candidates: Sequence[str] | None,
-                     cache: bool | None, gate: Any) -> Engine:
-    """Try the backends in order and return the first engine that compiles and verifies. A backend the user
-    named alone raises its failure; under "auto" or a list, a failing candidate is skipped with its reason."""
-    order, single, dropped, how = candidate_order(backend, precision, spec=spec, device=device, model=model,
-                                                  objective=objective, candidates=candidates)
+                     cache: bool | None, gate: Any, budget_s: float | None = None) -> Engine:
+    """Try the backends in order and return the first engine that compiles and verifies (under "auto", the
+    faster of the first two when the ranking is a close call). A backend the user named alone raises its
+    failure; under "auto" or a list, a failing candidate is skipped with its reason."""
+    plan = plan_for(backend, precision, spec=spec, device=device, model=model, examples=examples,
+                    objective=objective, candidates=candidates)
     reg = get_registry()
     tried: list[Candidate] = []
     last_exc: Exception | None = None
-    for name in order:
+
+    def attempt(name: str) -> Engine | None:
+        nonlocal last_exc
         try:
             engine = compile_one(reg.get(name), model, examples, spec, tree, device=device, precision=precision,
                                  calibration=calibration, options=dict(options), do_verify=verify, cache=cache,
                                  gate=gate)
         except Exception as exc:  # noqa: BLE001 - each candidate's failure is a reason
-            if single:
+            if plan.single:
                 raise as_compile_error(exc, name) from exc
             last_exc = exc
             tried.append(Candidate(name, candidate_status(exc), reason(exc),
                                    figures=getattr(exc, "figures", {}) or {}))
-            continue
+            return None
         tried.append(Candidate(name, "chosen", "", device=engine.device, compile_time_s=engine.report.compile_time_s,
                                figures=engine.report.verification or {}))
-        engine.report.candidates = tried + dropped
-        if how:
-            engine.report.info["selection"] = how
         return engine
-    reasons = {c.backend: c.reason for c in tried + dropped}
+
+    for name in plan.order:
+        engine = attempt(name)
+        if engine is None:
+            continue
+        rival = plan.close_call(name)
+        budget = AUTO_TIMING_BUDGET_S if budget_s is None else budget_s
+        if rival is not None and budget > 0:
+            engine = settle_close_call(engine, rival, attempt, tried, plan, Objective.parse(objective), budget)
+        engine.report.candidates = tried + plan.dropped
+        if plan.note:
+            engine.report.info["selection"] = plan.note
+        return engine
+    reasons = {c.backend: c.reason for c in tried + plan.dropped}
     if not reasons:
         raise CompileError("no backend could compile this model: no backend is registered: " + reg.why_empty())
     raise CompileError("no backend could compile this model: " +
                        "; ".join(f"{k}: {v}" for k, v in reasons.items()), reasons=reasons) from last_exc
+
+
+def settle_close_call(engine: Engine, rival: str, attempt, tried: list[Candidate], plan: Plan, obj: Objective,
+                      budget_s: float) -> Engine:
+    """Compile ``rival`` too, time both side by side for ``budget_s`` at the objective's batch, and return the
+    faster. The loser stays in the report as "verified", with its figures; so does a rival that failed."""
+    first = engine.report.backend
+    ranks = {r["backend"]: r for r in plan.note.get("ranked", [])}
+    why = (f"{first} (rank {ranks[first]['rank']}, {ranks[first]['rule'] or 'no key'}) and {rival} "
+           f"(rank {ranks[rival]['rank']}, {ranks[rival]['rule'] or 'no key'}) are ranked closer than "
+           f"{CLEAR_CUT}: timed side by side")
+    other = attempt(rival)
+    if other is None:
+        plan.note["timed"] = {"why": why, "skipped": f"{rival} did not compile: {tried[-1].reason}"}
+        return engine
+    engines = {first: engine, rival: other}
+    inputs, batch = timing_inputs(engine.input_spec.with_device("cpu"), obj)
+    calls = {name: (lambda e, xs: (lambda: e(*xs)))(e, [x.to(e.input_spec.device) for x in inputs])
+             for name, e in engines.items()}
+    figures = measure_interleaved(calls, budget_s=budget_s, batch=batch, device=engine.device)
+    winner = min(figures, key=lambda n: obj.score(figures[n]))
+    for c in tried:
+        if c.backend in engines:
+            c.status = "chosen" if c.backend == winner else "verified"
+            c.figures = {**c.figures, "runoff": figures[c.backend]}
+            if c.backend != winner:
+                c.reason = f"slower beside {winner}: {obj.describe(figures[c.backend])} vs " \
+                           f"{obj.describe(figures[winner])}"
+    plan.note["timed"] = {"why": why, "objective": str(obj), "batch": batch, "budget_s": budget_s,
+                          "figures": figures, "winner": winner}
+    return engines[winner]

@@ -50,7 +50,7 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, *, backend: str |
                                objective=objective, budget_s=budget_s, cache=cache, gate=gate)
     return compile_in_order(model, examples, spec, tree, backend=backend, device=device, precision=precision,
                             calibration=calibration, options=dict(options or {}), verify=verify,
-                            objective=objective, candidates=candidates, cache=cache, gate=gate)
+                            objective=objective, candidates=candidates, cache=cache, gate=gate, budget_s=budget_s)
 
 
 def check_compile_options(backend: str | Sequence[str], candidates: Sequence[str] | None,
