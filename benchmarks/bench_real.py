@@ -137,11 +137,67 @@ def build(name: str):
         bert = tf.AutoModel.from_pretrained(str(get_model_path()), add_pooling_layer=False)
         return (TextHidden(bert), _text_inputs(bert.config.vocab_size, 128), None,
                 "all-MiniLM-L6-v2 (pretrained), seq 128")
+    return build_held_out(tf, name)
+
+
+def build_held_out(tf, name: str):
+    """Architectures the built-in priorities were not derived from: the check that ``auto`` generalizes."""
+    if name == "llama":
+        cfg = tf.LlamaConfig(vocab_size=8000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        return IdsHidden(tf.LlamaModel(cfg)), _text_inputs(8000, 128, mask=False), None, "Llama d256 L4 GQA, seq 128"
+    if name == "roberta":
+        cfg = tf.RobertaConfig(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                               intermediate_size=1024, max_position_embeddings=258)
+        return (TextHidden(tf.RobertaModel(cfg, add_pooling_layer=False)), _text_inputs(8000, 128), None,
+                "RoBERTa h256 L4, seq 128")
+    if name == "albert":
+        cfg = tf.AlbertConfig(vocab_size=8000, embedding_size=128, hidden_size=256, num_hidden_layers=4,
+                              num_attention_heads=4, intermediate_size=1024)
+        return (TextHidden(tf.AlbertModel(cfg, add_pooling_layer=False)), _text_inputs(8000, 128), None,
+                "ALBERT h256 L4 (shared), seq 128")
+    if name == "deit":
+        cfg = tf.DeiTConfig(image_size=96, patch_size=16, hidden_size=192, num_hidden_layers=4,
+                            num_attention_heads=3, intermediate_size=768)
+        return (ImageHidden(tf.DeiTModel(cfg, add_pooling_layer=False)), lambda b: (torch.randn(b, 3, 96, 96),),
+                None, "DeiT h192 L4, 96x96/16")
+    if name == "swin":
+        cfg = tf.SwinConfig(image_size=96, patch_size=4, embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8],
+                            window_size=3)
+        return (ImageHidden(tf.SwinModel(cfg, add_pooling_layer=False)), lambda b: (torch.randn(b, 3, 96, 96),),
+                None, "Swin 32, depths 1-1-2-1, window 3, 96x96")
+    if name == "mobilenet_v2":
+        cfg = tf.MobileNetV2Config(image_size=96, depth_multiplier=0.5)
+        return (ImageHidden(tf.MobileNetV2Model(cfg, add_pooling_layer=False)),
+                lambda b: (torch.randn(b, 3, 96, 96),), None, "MobileNetV2 x0.5, 96x96")
+    if name == "regnet":
+        cfg = tf.RegNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
+                              groups_width=16)
+        return (ImageHidden(tf.RegNetModel(cfg)), lambda b: (torch.randn(b, 3, 96, 96),), None,
+                "RegNet 32-256, depths 1-1-2-1, 96x96")
+    if name == "lstm_tagger":
+        return (LSTMTagger(), lambda b: (torch.randint(1, 8000, (b, 64)),), None,
+                "embedding + 2-layer BiLSTM tagger h256, seq 64")
     raise KeyError(f"no model {name!r}; choose one of: {', '.join(ALL_MODELS)}")
 
 
-ALL_MODELS = ("bert", "bert_dynseq", "distilbert", "gpt2", "t5_encoder", "vit", "convnext", "resnet", "wav2vec2",
-              "minilm")
+class LSTMTagger(nn.Module):
+    """A sequence tagger as NLP pipelines build them (no transformers class has an LSTM)."""
+
+    def __init__(self, vocab=8000, dim=128, hidden=256, tags=17):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.lstm = nn.LSTM(dim, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, tags)
+
+    def forward(self, input_ids):
+        return self.head(self.lstm(self.embed(input_ids))[0])
+
+
+DERIVED_MODELS = ("bert", "bert_dynseq", "distilbert", "gpt2", "t5_encoder", "vit", "convnext", "resnet",
+                  "wav2vec2", "minilm")
+HELD_OUT_MODELS = ("llama", "roberta", "albert", "deit", "swin", "mobilenet_v2", "regnet", "lstm_tagger")
+ALL_MODELS = DERIVED_MODELS + HELD_OUT_MODELS
 
 
 def _load_child(dirs: dict[str, str]) -> None:
@@ -208,6 +264,10 @@ def bench_model(name: str, args, tmp: Path) -> dict:
         auto = motorpool.compile(model, examples, backend="auto", cache=False, **kw)
         res["auto"] = auto.backend
         res["auto_s"] = time.perf_counter() - t0
+        sel = auto.report.info.get("selection", {})
+        res["auto_kind"] = sel.get("model", {}).get("kind")
+        res["auto_compiled"] = sum(c.status in ("chosen", "verified", "rejected") for c in auto.report.candidates)
+        res["auto_timed"] = bool(sel.get("timed", {}).get("winner"))
         del auto
     except Exception as exc:  # noqa: BLE001
         res["auto"] = None
@@ -295,6 +355,13 @@ def print_table(results: list[dict], backends) -> None:
                   f"  {str(e.get('best')):<13} {str(r.get('auto')):<13} {_f(e.get('auto_regret'))}"
                   f"  {fastest:<13} {_f(e.get('fastest_regret'))}")
     print()
+    print("== how auto chose (its compile at the example batch, with an empty decision cache) ==")
+    print(f"{'model':<12} {'kind':<12} {'pick':<13} {'compiled':>8} {'timed':>6} {'auto s':>7}")
+    for r in results:
+        if "error" not in r and r.get("auto"):
+            print(f"{r['model']:<12} {str(r.get('auto_kind')):<12} {r['auto']:<13} {r.get('auto_compiled', 0):>8} "
+                  f"{'yes' if r.get('auto_timed') else 'no':>6} {r.get('auto_s', 0):7.1f}")
+    print()
     print("== compile s / cold load s (fresh process, empty Inductor cache) ==")
     print(f"{'model':<12} " + " ".join(f"{b[:16]:>17}" for b in backends))
     for r in results:
@@ -334,6 +401,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"models {', '.join(QUICK_MODELS)}; fewer rounds")
     p.add_argument("--models", default=None, help=f"comma-separated, from: {', '.join(ALL_MODELS)}")
+    p.add_argument("--held-out", action="store_true",
+                   help=f"the architectures the priorities were not derived from: {', '.join(HELD_OUT_MODELS)}")
     p.add_argument("--backends", default=",".join(CPU_BACKENDS))
     p.add_argument("--batches", default="1,32")
     p.add_argument("--rounds", type=int, default=None)
@@ -353,7 +422,8 @@ def main(argv=None) -> int:
     args.batches = [int(b) for b in args.batches.split(",")]
     args.fastest_batches = ([int(b) for b in args.fastest_batches.split(",")] if args.fastest_batches
                             else [1] if args.quick else args.batches)
-    names = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else ALL_MODELS)
+    names = (args.models.split(",") if args.models else HELD_OUT_MODELS if args.held_out
+             else QUICK_MODELS if args.quick else DERIVED_MODELS)
     args.rounds = args.rounds or (5 if args.quick else 9)
     args.calls = args.calls or (8 if args.quick else 16)
     unknown = [n for n in names if n not in ALL_MODELS]

@@ -142,7 +142,8 @@ def test_hugging_face_architectures_kinds():
 # -- the close call ------------------------------------------------------------------------------------
 
 @pytest.fixture
-def close_call(fresh_registry):
+def close_call(fresh_registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOTORPOOL_CACHE", str(tmp_path))  # no decision from another test
     for backend in (fakes.LateBackend, fakes.PromptBackend, fakes.BrokenBackend):
         fresh_registry.register(backend)
     assert fakes.PromptBackend.capabilities.rank_for("cpu") - fakes.LateBackend.capabilities.rank_for("cpu") \
@@ -164,6 +165,11 @@ def test_a_close_call_is_timed_and_the_faster_kept(close_call):
     assert "a close call, timed side by side" in str(engine.report)
     x = torch.randn(5, 32)
     torch.testing.assert_close(engine(x), model(x))
+    # remembered: the next auto for this model compiles the winner first and times nothing
+    again = motorpool.compile(model, inputs, candidates=["late", "prompt"], cache=False, budget_s=0.3)
+    sel = again.report.info["selection"]
+    assert again.backend == "prompt" and sel["source"] == "decision cache" and "timed" not in sel
+    assert sel["decision"] == timed["decision"] and [c.backend for c in again.report.candidates] == ["prompt"]
 
 
 def test_no_timing_when_told_or_when_the_rival_fails(close_call):

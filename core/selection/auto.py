@@ -10,6 +10,7 @@ about a second (``budget_s``; 0 never times), and keeps the faster; the report s
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,9 @@ from ..engine.engine import Engine
 from ..engine.fingerprint import model_fingerprint
 from ..engine.report import Candidate
 from ..pipeline.candidate import as_compile_error, candidate_status, compile_one, reason
+from ..plugin import hardware
 from ..plugin.errors import CompileError
+from ..plugin.paths import CacheWarning
 from ..plugin.priority import CLEAR_CUT
 from ..plugin.registry import get_registry, safe_availability
 from ..plugin.spec import InputSpec
@@ -49,6 +52,8 @@ class Plan:
     note: dict[str, Any] = field(default_factory=dict)  # for the report's info["selection"]
     ranking: Ranking | None = None  # "auto"'s declared ranking; None for a name or a list
     measured: bool = False  # the order came from a stored measurement
+    key: str | None = None  # the decision-cache key of this model, spec, precision, device and objective
+    device: str = "auto"
 
     def close_call(self, first: str) -> str | None:
         """The candidate after ``first`` when the declared ranking cannot tell them apart, or None."""
@@ -75,7 +80,9 @@ def auto_plan(precision: str, *, spec: InputSpec, device: str, model: torch.nn.M
     if traits is not None:
         plan.note["model"] = traits.to_dict()
     if model is not None and plan.order:
-        decision, path = cached_decision(model, spec, precision, device, str(Objective.parse(objective)))
+        plan.key = decision_key_for(model, spec, precision, device, str(Objective.parse(objective)))
+        plan.device = device
+        decision, path = cached_decision(plan.key)
         if decision is not None:
             measured = [m["backend"] for m in decision.ranking if m["backend"] in plan.order]
             plan.order = measured + [n for n in plan.order if n not in measured]
@@ -85,10 +92,10 @@ def auto_plan(precision: str, *, spec: InputSpec, device: str, model: torch.nn.M
     return plan
 
 
-def cached_decision(model, spec, precision, device, objective) -> tuple[Decision | None, Path | None]:
-    """A stored decision still valid for the versions of the backends it measured (asked of those only)."""
+def cached_decision(key: str) -> tuple[Decision | None, Path | None]:
+    """The decision stored under ``key`` if still valid for the versions of the backends it measured (asked of
+    those only)."""
     decisions = DecisionCache()
-    key = decision_key_for(model, spec, precision, device, objective)
     decision = decisions.get(key)
     if decision is None:
         return None, None
@@ -200,4 +207,26 @@ def settle_close_call(engine: Engine, rival: str, attempt, tried: list[Candidate
                            f"{obj.describe(figures[winner])}"
     plan.note["timed"] = {"why": why, "objective": str(obj), "batch": batch, "budget_s": budget_s,
                           "figures": figures, "winner": winner}
+    path = remember(plan, engine, figures, obj)
+    if path is not None:
+        plan.note["timed"]["decision"] = str(path)
     return engines[winner]
+
+
+def remember(plan: Plan, engine: Engine, figures: dict[str, dict[str, Any]], obj: Objective) -> Path | None:
+    """Store the close call as a decision, so the next ``auto`` for this model compiles the winner only (and
+    ``fastest`` over just these two may reuse it). A cache that cannot be written costs only that."""
+    if plan.key is None:
+        return None
+    reg = get_registry()
+    versions = {n: Ranked(n, 0, availability=safe_availability(reg.get(n))).versions for n in figures}
+    ranking = sorted(({"backend": n, "score": obj.score(f), "device": engine.device, "figures": f,
+                       "source": "auto: a close call timed side by side"} for n, f in figures.items()),
+                     key=lambda m: m["score"])
+    decision = Decision(plan.key, ranking[0]["backend"], str(obj), ranking=ranking, versions=versions,
+                        hardware=hardware.fingerprint(), precision=engine.precision, device=plan.device)
+    try:
+        return DecisionCache().put(decision)
+    except OSError as exc:
+        warnings.warn(f"motorpool could not store auto's timing as a decision: {exc}", CacheWarning, stacklevel=4)
+        return None
