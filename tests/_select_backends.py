@@ -82,18 +82,28 @@ class SlowBackend(_Fake):
         return _ModuleRunner(model, options, delay_s=0.02)
 
 
-class LateBackend(_Fake):
+class LaggardBackend(_Fake):
     """Right numbers, 5 ms late on every call, and ranked first: a declared rank that timing must overrule."""
 
-    name = "late"
+    name = "laggard"
     capabilities = Capabilities(compile_cost="none", priority={"*": 1})
 
     def compile(self, model, example_inputs, options):
         return _ModuleRunner(model, options, delay_s=0.005)
 
 
+class LateBackend(_Fake):
+    """Right numbers, 5 ms late on every call."""
+
+    name = "late"
+    capabilities = Capabilities(compile_cost="none", priority={"*": 9})
+
+    def compile(self, model, example_inputs, options):
+        return _ModuleRunner(model, options, delay_s=0.005)
+
+
 class PromptBackend(_Fake):
-    """Right numbers at once, ranked just behind "late" (a close call)."""
+    """Right numbers at once, ranked just behind "laggard" (a close call)."""
 
     name = "prompt"
     capabilities = Capabilities(compile_cost="none", priority={"*": 4})
@@ -110,3 +120,23 @@ class BrokenBackend(_Fake):
 
     def compile(self, model, example_inputs, options):
         raise RuntimeError("this compiler is broken")
+
+
+class _CallerFastRunner(_ModuleRunner):
+    """20 ms late when called from the thread ``fastest`` runs an in-process candidate in, prompt elsewhere."""
+
+    def run(self, inputs: list[Any]) -> list[Any]:
+        if threading.current_thread().name == "motorpool-candidate":
+            time.sleep(0.02)
+        return super().run(inputs)
+
+
+class FickleBackend(_Fake):
+    """Right numbers; slow when timed apart from the caller, prompt in the caller's own thread: the separate
+    measurement ranks it far behind, and only a run-off in the caller's process shows what the caller gets."""
+
+    name = "fickle"
+    capabilities = Capabilities(compile_cost="none", priority={"*": 10})
+
+    def compile(self, model, example_inputs, options):
+        return _CallerFastRunner(model, options)

@@ -144,29 +144,29 @@ def test_hugging_face_architectures_kinds():
 @pytest.fixture
 def close_call(fresh_registry, tmp_path, monkeypatch):
     monkeypatch.setenv("MOTORPOOL_CACHE", str(tmp_path))  # no decision from another test
-    for backend in (fakes.LateBackend, fakes.PromptBackend, fakes.BrokenBackend):
+    for backend in (fakes.LaggardBackend, fakes.PromptBackend, fakes.BrokenBackend):
         fresh_registry.register(backend)
-    assert fakes.PromptBackend.capabilities.rank_for("cpu") - fakes.LateBackend.capabilities.rank_for("cpu") \
+    assert fakes.PromptBackend.capabilities.rank_for("cpu") - fakes.LaggardBackend.capabilities.rank_for("cpu") \
         < CLEAR_CUT
     return fresh_registry
 
 
 def test_a_close_call_is_timed_and_the_faster_kept(close_call):
     model, inputs = zoo.ZOO["mlp"].build(batch=2)
-    engine = motorpool.compile(model, inputs, candidates=["late", "prompt"], cache=False, budget_s=0.3)
-    assert engine.backend == "prompt"  # ranked second, but "late" sleeps 5 ms a call
+    engine = motorpool.compile(model, inputs, candidates=["laggard", "prompt"], cache=False, budget_s=0.3)
+    assert engine.backend == "prompt"  # ranked second, but "laggard" sleeps 5 ms a call
     timed = engine.report.info["selection"]["timed"]
-    assert timed["winner"] == "prompt" and set(timed["figures"]) == {"late", "prompt"}
-    assert timed["figures"]["late"]["p50_ms"] > timed["figures"]["prompt"]["p50_ms"]
+    assert timed["winner"] == "prompt" and set(timed["figures"]) == {"laggard", "prompt"}
+    assert timed["figures"]["laggard"]["p50_ms"] > timed["figures"]["prompt"]["p50_ms"]
     assert "closer than" in timed["why"] and timed["budget_s"] == 0.3
     status = {c.backend: c for c in engine.report.candidates}
-    assert status["prompt"].status == "chosen" and status["late"].status == "verified"
-    assert "slower beside prompt" in status["late"].reason and status["late"].figures["runoff"]["reps"] > 0
+    assert status["prompt"].status == "chosen" and status["laggard"].status == "verified"
+    assert "slower beside prompt" in status["laggard"].reason and status["laggard"].figures["runoff"]["reps"] > 0
     assert "a close call, timed side by side" in str(engine.report)
     x = torch.randn(5, 32)
     torch.testing.assert_close(engine(x), model(x))
     # remembered: the next auto for this model compiles the winner first and times nothing
-    again = motorpool.compile(model, inputs, candidates=["late", "prompt"], cache=False, budget_s=0.3)
+    again = motorpool.compile(model, inputs, candidates=["laggard", "prompt"], cache=False, budget_s=0.3)
     sel = again.report.info["selection"]
     assert again.backend == "prompt" and sel["source"] == "decision cache" and "timed" not in sel
     assert sel["decision"] == timed["decision"] and [c.backend for c in again.report.candidates] == ["prompt"]
@@ -174,9 +174,9 @@ def test_a_close_call_is_timed_and_the_faster_kept(close_call):
 
 def test_no_timing_when_told_or_when_the_rival_fails(close_call):
     model, inputs = zoo.ZOO["mlp"].build(batch=2)
-    engine = motorpool.compile(model, inputs, candidates=["late", "prompt"], cache=False, budget_s=0)
-    assert engine.backend == "late" and "timed" not in engine.report.info["selection"]
-    assert [c.backend for c in engine.report.candidates] == ["late"]
+    engine = motorpool.compile(model, inputs, candidates=["laggard", "prompt"], cache=False, budget_s=0)
+    assert engine.backend == "laggard" and "timed" not in engine.report.info["selection"]
+    assert [c.backend for c in engine.report.candidates] == ["laggard"]
     # "broken" ranks close behind "prompt": tried, failed, and "prompt" is kept with the reason said
     engine = motorpool.compile(model, inputs, candidates=["prompt", "broken"], cache=False)
     timed = engine.report.info["selection"]["timed"]

@@ -18,8 +18,9 @@ import torch
 from .._version import __version__
 from ..engine.saved import open_saved
 from ..pipeline.candidate import reason
+from ..pipeline.threads import thread_options
 from ..plugin import hardware
-from ..plugin.errors import BackendUnavailable, UnknownBackendError, UnsupportedError
+from ..plugin.errors import BackendUnavailable, UnsupportedError
 from ..plugin.registry import get_registry
 from ..plugin.spec import as_example_tuple
 from ..selection.dispatch import compile_model
@@ -253,21 +254,6 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
     finally:
         torch.set_num_threads(saved_threads)
     return annotate(suite, price_per_hour) if price_per_hour is not None else suite
-
-
-#: the options through which backends take a thread count
-THREAD_OPTIONS = ("intra_op_num_threads", "num_threads")
-
-
-def thread_options(backend: str, threads: int | None) -> dict[str, int]:
-    """The options that run ``backend`` on ``threads`` threads: those of :data:`THREAD_OPTIONS` it declares."""
-    if not threads:
-        return {}
-    try:
-        declared = get_registry().get(backend).declared_options()
-    except UnknownBackendError:
-        return {}
-    return {k: threads for k in THREAD_OPTIONS if k in declared}
 
 
 def _bench_all(model, example_inputs, *, backends, precisions, batch_sizes, scenarios, time_budget_s, measure_load,

@@ -2,10 +2,13 @@
 
 For every candidate backend (those :mod:`motorpool.selection.ranking` keeps for this model, precision and
 hardware): compile it, verify it against eager PyTorch, time it with warm-up within a budget, and rank
-the verified ones by the caller's objective (:mod:`motorpool.selection.timing`). The best few (up to 4, within 2x
-of the best) are then timed again side by side in this process (a "run-off"), so that a load change on
-a busy machine between two separate measurements cannot decide the winner. A candidate that fails, crashes or
-hangs is dropped with its reason (:mod:`motorpool.selection.isolate` runs costly compilers in child processes).
+the verified ones by the caller's objective (:mod:`motorpool.selection.timing`). The best four (two at least)
+are then timed again side by side in this process (a "run-off"), the way the caller will run the winner: its
+engine, torch's thread count here (every candidate's own pool sized alike, in a child process too), the
+objective's batch. The winner is decided on those figures, so that a load change on a busy machine between two
+separate measurements cannot decide it; the report names the figures (measurement, batch, threads). A
+candidate that fails, crashes or hangs is dropped with its reason (:mod:`motorpool.selection.isolate` runs
+costly compilers in child processes).
 
 The outcome is stored in the decision cache (:mod:`motorpool.selection.decisions`): ``backend="auto"`` then tries
 the measured winner first, and ``fastest`` asked again compiles the winner only.
@@ -24,13 +27,14 @@ import torch
 
 from ..engine.engine import Engine
 from ..pipeline.prepare import as_module, prepare
+from ..pipeline.threads import engine_threads
 from ..plugin import hardware
 from ..plugin.errors import CompileError
 from ..plugin.paths import CacheWarning
 from ..plugin.spec import InputSpec
 from .auto import decision_key_for
 from .decisions import Decision, DecisionCache
-from .measured import Dropped, Measured, Selection
+from .measured import RUNOFF, Dropped, Measured, Selection
 from .progress import Progress
 from .ranking import Ranking, rank
 from .runs import CandidateRuns, compile_named
@@ -40,10 +44,10 @@ from .timing import Objective, measure_interleaved, timing_inputs
 DEFAULT_BUDGET_PER_CANDIDATE_S = 2.0
 #: time limit for one candidate's compile + verify + timing
 DEFAULT_TIMEOUT_S = 600.0
-#: candidates within this fraction of the best are timed again side by side (at most RUNOFF_MAX of them):
-#: separate measurements on a shared machine can differ by more than the gap between two good backends
-#: (2 shared cores: the same engine measured 14 ms alone and 5.6 ms side by side a minute later)
-RUNOFF_MARGIN = 1.0
+#: the best RUNOFF_MAX candidates (by their separate timings) are timed again side by side, and the decision is
+#: taken on that: separate measurements on a shared machine can differ by more than the gap between two good
+#: backends, 2x and more (2 shared cores: the same engine measured 14 ms alone and 5.6 ms side by side a minute
+#: later), so no margin keeps a candidate out
 RUNOFF_MAX = 4
 
 
@@ -99,7 +103,7 @@ def compile_fastest(model: torch.nn.Module, examples: tuple, spec: InputSpec, tr
     engine.report.info["selection"] = {
         "mode": "fastest", "objective": selection.objective, "from_cache": selection.from_cache,
         "decision": selection.decision_path, "elapsed_s": selection.elapsed_s, "auto_order": selection.auto_order,
-        "notes": selection.notes,
+        "decided_on": selection.decided_on(), "notes": selection.notes,
     }
     return engine
 
@@ -225,21 +229,16 @@ def _from_decision(selection: Selection, decision: Decision, path: Path) -> None
 
 
 def _runoff(selection: Selection, runs: "CandidateRuns", obj: Objective, per_candidate: float) -> None:
-    """Time the candidates within RUNOFF_MARGIN of the best side by side, and re-order them by that."""
-    if len(selection.ranking) < 2:
-        return
-    best = selection.ranking[0].score
-    close = [m for m in selection.ranking if _within(m.score, best)][:RUNOFF_MAX]
+    """Time the best RUNOFF_MAX side by side in this process, as the caller will run the winner: its engine,
+    its threads, the objective's batch. The ranking is then decided on these figures; a contender that cannot
+    run here is dropped."""
+    close = selection.ranking[:RUNOFF_MAX]
     if len(close) < 2:
         return
-    engines = {}
-    for m in close:
-        engine = runs.engine_for(m.backend)
-        if engine is not None:
-            engines[m.backend] = engine
+    engines = {m.backend: engine for m in close if (engine := _engine_here(selection, runs, m)) is not None}
     if len(engines) < 2:
         return
-    inputs, batch = timing_inputs(next(iter(engines.values())).input_spec.with_device("cpu"), obj)
+    inputs, batch = timing_inputs(runs.spec.with_device("cpu"), obj)
     calls = {}
     for name, engine in engines.items():
         dev_inputs = [x.to(engine.input_spec.device) for x in inputs]
@@ -247,20 +246,28 @@ def _runoff(selection: Selection, runs: "CandidateRuns", obj: Objective, per_can
     runs.progress.note(f"run-off between {', '.join(calls)}")
     figures = measure_interleaved(calls, budget_s=per_candidate * len(calls) / 2, batch=batch,
                                   device=next(iter(engines.values())).device)
-    for m in close:
+    for m in selection.ranking:
         if m.backend in figures:
-            m.runoff = figures[m.backend]
-    contenders = [m for m in selection.ranking if m.runoff]
-    others = [m for m in selection.ranking if not m.runoff]
-    contenders.sort(key=lambda m: obj.score(m.runoff))
-    selection.ranking = contenders + others
-    selection.notes.append(f"run-off (side by side, {obj}) between {', '.join(calls)}: " + ", ".join(
-        f"{m.backend} {obj.describe(m.runoff)}" for m in contenders))
+            m.runoff = {**figures[m.backend], "threads": engine_threads(engines[m.backend]), "measurement": RUNOFF}
+    contenders = sorted((m for m in selection.ranking if m.runoff), key=lambda m: obj.score(m.runoff))
+    selection.ranking = contenders + [m for m in selection.ranking if not m.runoff]
+    selection.notes.append(f"decided on the {RUNOFF} ({obj}, batch {batch}, {_threads(contenders)}): " +
+                           ", ".join(f"{m.backend} {obj.describe(m.runoff)}" for m in contenders))
 
 
-def _within(score: float, best: float) -> bool:
-    # scores are ms (positive) or minus items/s (negative): compare magnitudes
-    a, b = abs(score), abs(best)
-    return abs(a - b) <= RUNOFF_MARGIN * max(a, b)
+def _engine_here(selection: Selection, runs: "CandidateRuns", m: Measured) -> Engine | None:
+    """``m``'s engine in this process (compiled here when its child left none); None, with ``m`` dropped, when
+    it cannot run here: then it cannot be the caller's engine either."""
+    try:
+        return runs.engine_here(m.backend)
+    except Exception as exc:  # noqa: BLE001 - the reason goes into the report
+        selection.ranking.remove(m)
+        selection.dropped.append(Dropped(m.backend, "rejected", "timed in a child process, but in the caller's "
+                                         f"process: {type(exc).__name__}: {exc}"))
+        return None
 
 
+def _threads(ranked: list[Measured]) -> str:
+    counts = {m.runoff["threads"] for m in ranked}
+    return f"{counts.pop()} threads" if len(counts) == 1 else "threads " + ", ".join(
+        f"{m.backend} {m.runoff['threads']}" for m in ranked)

@@ -39,6 +39,7 @@ import torch.utils._pytree as pytree
 
 from ..pipeline.candidate import candidate_status, compile_one, reason
 from ..pipeline.prepare import as_module
+from ..pipeline.threads import engine_threads, use_threads, with_threads
 from ..plugin.contract import Backend
 from ..plugin.registry import Registry, set_registry
 from ..plugin.spec import InputSpec
@@ -55,16 +56,19 @@ def evaluate(backend: Backend, model: torch.nn.Module, examples: tuple, spec: In
              cache: bool | None = None, gate: Any = None, emit: Emit = lambda stage: None):
     """Compile, verify (and gate) and time one candidate. Returns ``(engine, result)``; raises on failure.
 
-    Goes through ``compile``'s own path, so the artifact cache serves (and keeps) verified engines only.
+    Goes through ``compile``'s own path, so the artifact cache serves (and keeps) verified engines only. The
+    backend's own thread pool is sized as torch's is here (:func:`with_threads`), as the caller's engine will be.
     """
     emit("compile + verify")
     engine = compile_one(backend, model, examples, spec, tree, device=device, precision=precision,
-                          calibration=calibration, options=dict(options), do_verify=True, cache=cache, gate=gate)
+                          calibration=calibration, options=with_threads(backend.name, options, torch.get_num_threads()),
+                          do_verify=True, cache=cache, gate=gate)
     emit("time")
     inputs, batch = timing_inputs(spec, objective)
     inputs = [x.to(engine.input_spec.device) for x in inputs]
     figures = measure(lambda: engine(*inputs), budget_s=budget_s, device=engine.device, batch=batch,
                       objective=objective)
+    figures["threads"] = engine_threads(engine)
     result = {
         "ok": True, "backend": backend.name, "device": engine.device, "precision": engine.precision,
         "compile_time_s": engine.report.compile_time_s, "load_time_s": engine.report.load_time_s,
@@ -252,6 +256,8 @@ def _child(job_dir: Path) -> int:
 
 def _child_work(job: dict[str, Any]) -> dict[str, Any]:
     _emit("load")
+    if job.get("threads"):  # the caller's pools, not a fresh process's defaults
+        use_threads(int(job["threads"]), int(job["interop_threads"]))
     cls = import_class(job["backend_class"])
     reg = Registry(autoload=False)
     reg.register(cls, provider=f"class {job['backend_class']} (fastest's child process)")

@@ -9,10 +9,16 @@ from typing import Any
 from ..engine.report import Candidate
 from .timing import Objective
 
+#: which measurement a candidate's figures come from (their "measurement" key)
+ALONE_HERE = "alone, in the caller's process"
+ALONE_IN_CHILD = "alone, in a child process"
+RUNOFF = "run-off, side by side in the caller's process"
+
 
 @dataclass
 class Measured:
-    """A candidate that compiled, verified and was timed."""
+    """A candidate that compiled, verified and was timed (``figures``), and timed again beside the other
+    contenders when it was one (``runoff``)."""
 
     backend: str
     score: float
@@ -22,6 +28,11 @@ class Measured:
     verification: dict[str, Any] | None = None
     isolated: bool = False
     runoff: dict[str, Any] | None = None
+
+    @property
+    def decided_on(self) -> dict[str, Any]:
+        """The figures it was ranked by: the run-off's when it was in one, else its own timing."""
+        return self.runoff or self.figures
 
 
 @dataclass
@@ -55,7 +66,16 @@ class Selection:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["winner"] = self.winner
+        d["decided_on"] = self.decided_on()
         return d
+
+    def decided_on(self) -> dict[str, Any]:
+        """What the ranking was decided on, for the report: per candidate (best first) the measurement its
+        figures come from, their batch and threads, and its score by the objective."""
+        obj = Objective.parse(self.objective)
+        return {"objective": self.objective, "candidates": [
+            {"backend": m.backend, "measurement": m.decided_on.get("measurement"), "batch": m.decided_on.get("batch"),
+             "threads": m.decided_on.get("threads"), "score": obj.score(m.decided_on)} for m in self.ranking]}
 
     def candidates(self) -> list[Candidate]:
         """The same, as the ``Candidate`` records of an engine's report."""
@@ -71,7 +91,7 @@ class Selection:
             else:
                 reason = f"slower than {self.winner}: {obj.describe(m.figures)} vs {obj.describe(best.figures)}"
             figures = {"objective": self.objective, "score": m.score, "timing": m.figures,
-                       "verification": m.verification}
+                       "decided_on": m.decided_on, "verification": m.verification}
             if m.runoff:
                 figures["runoff"] = m.runoff
             out.append(Candidate(m.backend, "chosen" if i == 0 else "verified", reason, device=m.device,

@@ -16,11 +16,12 @@ from ..engine.engine import Engine
 from ..engine.saved import open_saved
 from ..pipeline.candidate import compile_one, engine_runner, reference_runner
 from ..pipeline.prepare import verification_cases
+from ..pipeline.threads import with_threads
 from ..pipeline.verify import verify
 from ..plugin.helpers import export_program, first_line
 from ..plugin.registry import get_registry
 from .isolate import class_path, evaluate, failure, model_importable, run_in_child, run_in_thread
-from .measured import Dropped, Measured, Selection
+from .measured import ALONE_IN_CHILD, ALONE_HERE, Dropped, Measured, Selection
 from .progress import Progress
 from .timing import Objective
 
@@ -30,8 +31,10 @@ ISOLATED_COSTS = frozenset({"medium", "high"})
 
 def compile_named(name, model, examples, spec, tree, *, device, precision, calibration, options, cache=None,
                    gate=None) -> Engine:
+    """``name``'s engine compiled here, its own thread pool sized as the candidates' were (torch's count)."""
     return compile_one(get_registry().get(name), model, examples, spec, tree, device=device, precision=precision,
-                        calibration=calibration, options=dict(options), do_verify=True, cache=cache, gate=gate)
+                        calibration=calibration, options=with_threads(name, options, torch.get_num_threads()),
+                        do_verify=True, cache=cache, gate=gate)
 
 
 class CandidateRuns:
@@ -106,9 +109,9 @@ class CandidateRuns:
         return self._measured(result, isolated=True)
 
     def _measured(self, result: dict, *, isolated: bool) -> Measured:
-        return Measured(result["backend"], self.objective.score(result["timing"]), result["device"],
-                        result["timing"], result.get("compile_time_s"), result.get("verification"),
-                        isolated=isolated)
+        figures = {**result["timing"], "measurement": ALONE_IN_CHILD if isolated else ALONE_HERE}
+        return Measured(result["backend"], self.objective.score(figures), result["device"], figures,
+                        result.get("compile_time_s"), result.get("verification"), isolated=isolated)
 
     def _ensure_payload(self) -> dict[str, Any] | None:
         """Write, once, what a child needs to re-create the model; None (and why) when it cannot."""
@@ -117,6 +120,7 @@ class CandidateRuns:
         calibration = list(self.calibration) if self.calibration is not None else None
         self.calibration = calibration  # an iterator is consumed once: keep the list for later runs
         job: dict[str, Any] = {"sys_path": [p for p in sys.path if p], "spec": self.spec.to_dict(), "device": self.device,
+                               "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
                                "precision": self.precision, "objective": str(self.objective),
                                "budget_s": self.budget_s, "payload": str(self.workdir / "payload.pt"),
                                "cache": self.cache}
@@ -165,15 +169,20 @@ class CandidateRuns:
         self.loaded[name] = engine
         return engine
 
+    def engine_here(self, name: str) -> Engine:
+        """:meth:`engine_for`, else ``name`` compiled (and verified) here now; raises when it cannot be."""
+        engine = self.engine_for(name)
+        if engine is None:
+            engine = self.in_process[name] = compile_named(
+                name, self.model, self.examples, self.spec, self.tree, device=self.device, precision=self.precision,
+                calibration=self.calibration, options=self.options, cache=self.cache, gate=self.gate)
+        return engine
+
     def winner_engine(self, selection: Selection) -> Engine:
         """The winner's engine, verified here against the caller's own model."""
         winner = selection.ranking[0]
-        engine = self.engine_for(winner.backend)
-        if engine is None:
-            engine = compile_named(winner.backend, self.model, self.examples, self.spec, self.tree,
-                                    device=self.device, precision=self.precision, calibration=self.calibration,
-                                    options=self.options, cache=self.cache, gate=self.gate)
-        elif winner.backend not in self.in_process:
+        engine = self.engine_here(winner.backend)
+        if winner.backend not in self.in_process:
             # loaded from the child's artifact: check it against the model itself, not the child's copy
             engine.report.verification = verify(reference_runner(self.model), engine_runner(engine),
                                                 verification_cases(self.spec, self.examples), self.precision,

@@ -15,6 +15,7 @@ since a tail needs many samples.
 from __future__ import annotations
 
 import math
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -138,25 +139,25 @@ def measure(call: Callable[[], Any], *, budget_s: float, device: str = "cpu", ba
             break
         if objective.stops_early and n >= 50 and n % 25 == 0 and median_ci(times) < target_ci:
             break
-    s = sorted(times)
-    mean = sum(s) / len(s)
-    return {
-        "batch": batch, "reps": len(s), "warmup": warmup,
-        "p50_ms": _percentile(s, 0.5) * 1e3, "p90_ms": _percentile(s, 0.9) * 1e3,
-        "p99_ms": _percentile(s, 0.99) * 1e3, "mean_ms": mean * 1e3, "min_ms": s[0] * 1e3,
-        "throughput_per_s": batch / mean if mean > 0 else math.inf,
-        "median_ci": median_ci(times), "timed_s": time.perf_counter() - t_begin,
-    }
+    return {**_figures(times, batch=batch), "warmup": warmup, "timed_s": time.perf_counter() - t_begin}
+
+
+#: how long each engine's turn in :func:`measure_interleaved` runs before its calls count: the runtime that ran
+#: before it may keep its worker threads spinning for milliseconds (ONNX Runtime's spin, OpenMP's blocktime,
+#: TBB's arena), which a count of calls cannot cover on a 0.01 ms model
+SETTLE_S = 0.005
 
 
 def measure_interleaved(calls: dict[str, Callable[[], Any]], *, budget_s: float, device: str = "cpu",
-                        batch: int = 1, rounds: int = 10, settle: int = 3) -> dict[str, dict[str, Any]]:
+                        batch: int = 1, rounds: int = 10, settle: int = 3, settle_s: float = SETTLE_S,
+                        shuffle: bool = True, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Time several engines side by side: ``rounds`` rounds, in each of which every engine runs for its
     slice of the budget in turn, so that a load change on a shared machine hits every engine alike.
 
-    The first ``settle`` calls of each slice are not counted: another runtime's worker threads, still
-    spinning after its own slice, would otherwise be charged to whichever engine runs next. Returns each
-    one's figures, as :func:`measure`.
+    The start of each turn is not counted (at least ``settle`` calls and ``settle_s`` seconds): another
+    runtime's worker threads, still spinning after its own turn, would otherwise be charged to whichever
+    engine runs next. With ``shuffle`` the order of the turns changes each round (``seed``), so that no engine
+    always follows the same one. Returns each one's figures, as :func:`measure`.
     """
     sync = _synchronizer(device)
     for call in calls.values():  # warm each up once more: it may have just been loaded
@@ -165,31 +166,46 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], *, budget_s: float,
         sync()
     slice_s = budget_s / (rounds * max(1, len(calls)))
     times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    rng = random.Random(seed)
     start = time.perf_counter()
     done = 0
     for done in range(1, rounds + 1):
-        for name, call in calls.items():
-            for _ in range(settle):
-                call()
-                sync()
-            slice_end = time.perf_counter() + slice_s
-            n = 0
-            while n < 3 or time.perf_counter() < slice_end:
-                t0 = time.perf_counter()
-                call()
-                sync()
-                times[name].append(time.perf_counter() - t0)
-                n += 1
+        if shuffle:
+            rng.shuffle(order)
+        for name in order:
+            times[name] += _turn(calls[name], sync, slice_s=slice_s, settle=settle, settle_s=settle_s)
         if time.perf_counter() - start >= 3 * budget_s:  # one call far slower than the budget planned
             break
-    out = {}
-    for name, values in times.items():
-        s = sorted(values)
-        mean = sum(s) / len(s)
-        out[name] = {
-            "batch": batch, "reps": len(s), "rounds": done, "p50_ms": _percentile(s, 0.5) * 1e3,
-            "p90_ms": _percentile(s, 0.9) * 1e3, "p99_ms": _percentile(s, 0.99) * 1e3, "mean_ms": mean * 1e3,
-            "min_ms": s[0] * 1e3, "throughput_per_s": batch / mean if mean > 0 else math.inf,
-            "median_ci": median_ci(values),
-        }
-    return out
+    return {name: {**_figures(values, batch=batch), "rounds": done} for name, values in times.items()}
+
+
+def _turn(call: Callable[[], Any], sync: Callable[[], None], *, slice_s: float, settle: int,
+          settle_s: float) -> list[float]:
+    """One engine's turn: settle, then time calls (at least 3) until the turn's slice is spent."""
+    turn_start = time.perf_counter()
+    n = 0
+    while n < settle or time.perf_counter() - turn_start < settle_s:
+        call()
+        sync()
+        n += 1
+    turn_end = turn_start + max(slice_s, settle_s)
+    times: list[float] = []
+    while len(times) < 3 or time.perf_counter() < turn_end:
+        t0 = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _figures(values: list[float], *, batch: int) -> dict[str, Any]:
+    """The figures of one engine's timed calls (seconds each), as ``measure`` and ``measure_interleaved`` report."""
+    s = sorted(values)
+    mean = sum(s) / len(s)
+    return {
+        "batch": batch, "reps": len(s), "p50_ms": _percentile(s, 0.5) * 1e3,
+        "p90_ms": _percentile(s, 0.9) * 1e3, "p99_ms": _percentile(s, 0.99) * 1e3, "mean_ms": mean * 1e3,
+        "min_ms": s[0] * 1e3, "throughput_per_s": batch / mean if mean > 0 else math.inf,
+        "median_ci": median_ci(values),
+    }

@@ -13,6 +13,7 @@ from ..engine.manifest import read_manifest
 from ..engine.saved import open_saved
 from ..plugin.registry import get_registry
 from ..pipeline.stored import PENDING, verify_stored
+from ..pipeline.threads import engine_threads
 
 
 def open_engine(path: str | Path, options: dict | None = None, *, trust_code: bool = False) -> Engine:
@@ -40,13 +41,6 @@ def load_engine(path: str | Path, threads: int | None = None, *, trust_code: boo
     option = backend.declared_options().get("num_threads")
     return open_engine(path, {"num_threads": threads} if option is not None and option.load else None,
                        trust_code=trust_code)
-
-
-def engine_threads(engine: Any) -> int:
-    """The threads ``engine``'s runtime runs with: what its runner reports as ``info["threads"]`` (ONNX Runtime's
-    intra-op pool, OpenVINO's INFERENCE_NUM_THREADS), else torch's."""
-    info = getattr(engine.runner, "info", {}) or {}
-    return int(info.get("threads") or torch.get_num_threads())
 
 
 __all__ = ["open_engine", "load_engine", "engine_threads"]
