@@ -24,7 +24,8 @@ from ..plugin.registry import get_registry
 from ..plugin.spec import as_example_tuple
 from ..selection.dispatch import compile_model
 from .cost import annotate, check_price
-from .scenarios import (PeakRSS, StepCallback, inputs_at_batch, offline, server, single_stream)
+from .scenarios import (PeakRSS, StepCallback, inputs_at_batch, offline, served_single_stream, server,
+                        single_stream)
 
 SCENARIOS = ("single_stream", "offline", "server")
 
@@ -185,7 +186,7 @@ def benchmark(engine: Any, inputs: Sequence[Any] | None = None, *, batch_sizes: 
 
 
 def _server_scenario(engine, spec, inputs, result: BenchResult, *, p99_bound_ms, budget_s, max_batch, delay_ms,
-                     on_step) -> dict[str, Any]:
+                     on_step, server_load: float = 0.5) -> dict[str, Any]:
     one = inputs_at_batch(spec, 1, inputs)
     base = result.figures(1)
     stream = base.single_stream if base and base.single_stream else single_stream(engine, one, budget_s=0.5)
@@ -193,10 +194,13 @@ def _server_scenario(engine, spec, inputs, result: BenchResult, *, p99_bound_ms,
     bound = p99_bound_ms if p99_bound_ms is not None else max(10.0, 10 * stream["p50_ms"])
     rows = max(64, max_batch)
     pool = inputs_at_batch(spec, rows, inputs, seed=1)
-    start = 0.5 * 1e3 / max(stream["p50_ms"], 1e-3)  # half of what one-at-a-time calls could sustain
+    served = served_single_stream(engine, one, budget_s=min(0.3, budget_s / 10))
+    start = server_load * served["throughput_per_s"]
     out = server(engine, pool, p99_bound_ms=bound, budget_s=budget_s, start_rate=start, max_batch_size=max_batch,
                  max_delay_ms=delay_ms, on_step=on_step)
     out["bound_source"] = "given" if p99_bound_ms is not None else "10 x single-stream p50 at batch 1 (min 10 ms)"
+    out["start_rate_per_s"] = start
+    out["start_source"] = f"{server_load:g} x the single-stream rate at batch 1 through the batcher"
     return out
 
 
