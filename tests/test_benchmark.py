@@ -117,7 +117,7 @@ def test_a_server_trial_past_what_can_be_issued_stops_at_its_deadline(engine_and
 
 def test_unknown_scenario_and_bad_batch_sizes(engine_and_inputs):
     engine, x = engine_and_inputs
-    with pytest.raises(ValueError, match="unknown scenario"):
+    with pytest.raises(ValueError, match="expected some of SingleStream, Offline, Server .* got 'batch'"):
         motorpool.benchmark(engine, x, scenarios=["batch"])
     with pytest.raises(ValueError, match="batch_sizes"):
         motorpool.benchmark(engine, x, batch_sizes=[0])

@@ -191,7 +191,8 @@ def calibrate(engine, samples: Sequence[tuple], *, offline_batch: int = 32, seco
 
     offline_batch = offline_batch if _dynamic_batch(engine) else 1
     with torch.inference_mode():
-        engine(*samples[0])  # warm
+        for _ in range(3):  # warm: the first calls at a new batch size build its kernels
+            engine(*samples[0])
         times = _timed_calls(engine, [samples[i % len(samples)] for i in range(16)], seconds, at_least=5)
         btimes = times
         if offline_batch > 1:
