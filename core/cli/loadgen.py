@@ -2,7 +2,9 @@
 
 Compiles MODEL (or loads a saved engine directory with ``--engine``), measures it briefly for LoadGen's
 settings, runs each scenario under the real ``mlcommons-loadgen`` and prints LoadGen's own verdict
-(VALID/INVALID) beside its figures; ``--json`` writes them all. Needs ``pip install "motorpool[loadgen]"``."""
+(VALID/INVALID) beside its figures; ``--json`` writes them all. Needs ``pip install "motorpool[loadgen]"``.
+The one-engine view of the code ``motorpool bench`` runs under LoadGen (:mod:`motorpool.measuring.loadgen`);
+``bench`` adds backends x precisions x batch sizes."""
 
 from __future__ import annotations
 
