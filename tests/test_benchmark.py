@@ -99,13 +99,25 @@ def test_server_scenario_finds_a_rate_meeting_the_bound(engine_and_inputs):
         assert best["p99_ms"] <= 50.0 and best["rejected"] == 0 and best["errors"] == 0
         assert best["completed"] == best["queries"]
     for t in s["trials"]:
-        assert t["completed"] + t["rejected"] + t["errors"] == t["queries"]
+        assert t["completed"] + t["rejected"] + t["errors"] + t["late"] == t["queries"]
         assert t["passed"] == (t["completed"] == t["queries"] and t.get("p99_ms", 1e9) <= 50.0)
+    # the search starts from a measurement of one query at a time through the batcher, not a fixed rate
+    assert s["trials"][0]["rate_per_s"] == s["start_rate_per_s"] > 0 and "through the batcher" in s["start_source"]
+
+
+def test_a_server_trial_past_what_can_be_issued_stops_at_its_deadline(engine_and_inputs):
+    from motorpool.measuring.scenarios import server_trial
+
+    engine, x = engine_and_inputs
+    # 400,000 arrivals in 0.2 s: no Python issuer keeps that schedule, so most are never issued
+    t = server_trial(engine, [tuple(v[:1] for v in x)], 2e6, duration_s=0.2, max_batch_size=8, max_delay_ms=1.0)
+    assert t["queries"] == 400_000 and t["late"] > t["queries"] / 2
+    assert t["completed"] + t["rejected"] + t["errors"] + t["late"] == t["queries"]
 
 
 def test_unknown_scenario_and_bad_batch_sizes(engine_and_inputs):
     engine, x = engine_and_inputs
-    with pytest.raises(ValueError, match="unknown scenario"):
+    with pytest.raises(ValueError, match="expected some of SingleStream, Offline, Server .* got 'batch'"):
         motorpool.benchmark(engine, x, scenarios=["batch"])
     with pytest.raises(ValueError, match="batch_sizes"):
         motorpool.benchmark(engine, x, batch_sizes=[0])

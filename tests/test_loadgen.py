@@ -52,8 +52,12 @@ def test_settings_come_from_the_calibration(run):
     ss, off, server = (run["results"][s].settings for s in loadgen.SCENARIOS)
     assert ss["single_stream_expected_latency_ms"] == cal.latency_p50_ms
     assert off["offline_expected_qps"] == pytest.approx(1.5 * cal.throughput)
-    assert 0 < server["server_target_qps"] < max(cal.throughput, 1e3 / cal.latency_p50_ms)
+    # Server's rate is half what one query at a time sustains through the batcher, not the batched throughput
+    assert cal.served_per_s > 0 and server["server_measured_per_s"] == cal.served_per_s
+    assert server["server_target_qps"] == pytest.approx(0.5 * cal.served_per_s)
     assert server["server_target_latency_ms"] >= 10
+    for settings in (ss, off, server):  # every run is bounded: a safety stop a few seconds past min_duration
+        assert settings["max_duration_ms"] == 3 * 1000 + 2000
 
 
 def test_engine_errors_are_counted_not_hung(engine):
@@ -68,6 +72,21 @@ def test_engine_errors_are_counted_not_hung(engine):
     result = loadgen.run_scenario(Broken(), "SingleStream", samples=samples, calibration=cal, min_duration_ms=50,
                                   min_query_count=8)
     assert result.errors >= 8 and "boom" in result.settings["first_error"]
+
+
+def test_logs_go_to_a_temporary_folder_that_is_removed(engine, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    samples = loadgen.generate_samples(engine, 8)
+    cal = loadgen.calibrate(engine, samples, offline_batch=1, seconds=0.05, served=False)
+    result = loadgen.run_scenario(engine, "single_stream", samples=samples, calibration=cal, min_duration_ms=50)
+    assert result.scenario == "SingleStream" and result.log_dir == "" and result.seconds > 0
+    assert list(tmp_path.iterdir()) == []  # nothing in the current directory
+
+
+def test_scenario_names_take_either_spelling():
+    assert loadgen.scenario_names(["single_stream", "OFFLINE", "Server"]) == ["SingleStream", "Offline", "Server"]
+    with pytest.raises(ValueError, match="expected some of SingleStream, Offline, Server .* got 'MultiStream'"):
+        loadgen.scenario_names(["Offline", "MultiStream"])
 
 
 def test_summary_parsing_rejects_a_summary_without_a_verdict():

@@ -1,7 +1,9 @@
 """``motorpool bench MODEL``: which backend, precision and batch size for this model on this machine.
 
-Compiles MODEL for each backend x precision, measures LoadGen-style scenarios at each batch size, and
-writes a terminal table plus JSON, Markdown and a PNG chart (``--out``). ``--price-per-hour USD`` (what
+Compiles MODEL for each backend x precision, measures the scenarios (SingleStream, Offline, Server) at each
+batch size, and writes a terminal table plus JSON, Markdown and a PNG chart (``--out``). MLPerf LoadGen runs
+the scenarios where it is installed (``pip install "motorpool[loadgen]"``), with its VALID/INVALID verdict
+beside the figures; the built-in scenarios run where it is not (``--driver``), and the output says which ran. ``--price-per-hour USD`` (what
 this machine costs) adds the cost per 1000 inferences to each.
 
 ``motorpool bench compare A.json B.json ...`` puts runs from different machines side by side: throughput,
@@ -29,14 +31,22 @@ def register(sub) -> None:
                    help="comma-separated backend names, or 'available' (every backend that can run here)")
     p.add_argument("--precisions", default="fp32", type=precision_list, help="comma-separated: fp32,fp16,bf16,int8")
     p.add_argument("--batch-sizes", default="1,8,32", type=csv_ints, help="comma-separated batch sizes")
-    p.add_argument("--scenarios", default="single_stream,offline",
-                   help="comma-separated: single_stream, offline, server")
+    p.add_argument("--scenarios", default="SingleStream,Offline",
+                   help="comma-separated: SingleStream, Offline, Server (or single_stream, offline, server; "
+                   "default SingleStream,Offline)")
+    p.add_argument("--driver", default="auto",
+                   help="who runs the scenarios: loadgen (MLPerf LoadGen), builtin (motorpool's own code), or auto "
+                   "(LoadGen where it is installed; the default)")
     p.add_argument("--time-budget", type=float, default=1.0,
-                   help="seconds per scenario and batch size (default 1.0)")
+                   help="seconds per scenario and batch size (LoadGen's min_duration; default 1.0)")
     p.add_argument("--p99-bound-ms", type=float, default=None,
-                   help="server scenario: the p99 latency bound (default: 10x single-stream p50 at batch 1, at least 10 ms)")
-    p.add_argument("--server-budget", type=float, default=None, help="server scenario: seconds for the rate search (default: 5 x --time-budget)")
-    p.add_argument("--offline-workers", type=int, default=1, help="offline scenario: threads issuing batches")
+                   help="server scenario: the p99 latency bound (default: 10x single-stream p50 at batch 1, at "
+                   "least 10 ms; under LoadGen its own default from the measurement, at least 10 ms)")
+    p.add_argument("--server-budget", type=float, default=None, help="built-in server scenario: seconds for the "
+                   "rate search (default: 5 x --time-budget; LoadGen's Server runs once, for --time-budget)")
+    p.add_argument("--offline-workers", type=int, default=1, help="built-in offline scenario: threads issuing batches")
+    p.add_argument("--loadgen-logs", default=None, metavar="DIR", help="keep LoadGen's log files under DIR "
+                   "(default: temporary folders, removed once read)")
     p.add_argument("--no-load", action="store_true", help="skip saving and loading each engine (artifact size, "
                    "load time, cold first call)")
     p.add_argument("--no-verify", action="store_true", help="skip verifying each engine against eager PyTorch")
@@ -138,6 +148,24 @@ def _what_to_bench(args) -> tuple:
     return loaded, examples, backends, price
 
 
+def _checked_scenarios(args) -> list[str]:
+    """The scenario keys of ``--scenarios``, with ``--driver`` checked too; a bad value is a UsageError."""
+    from ..measuring.benchmark import bench_scenarios
+    from ..measuring.drivers import resolve_driver
+
+    try:
+        scenarios = bench_scenarios(csv_list(args.scenarios))
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
+    try:
+        resolve_driver(args.driver)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
+    except ImportError as exc:
+        raise UsageError(f"--driver loadgen: {exc}") from None
+    return scenarios
+
+
 def _progress_callbacks(progress, task, name: str, per_engine: int) -> tuple:
     """``(on_step, on_result)`` for bench_model: advance the bar one step, or to the end of an engine."""
     finished = {"engines": 0}
@@ -168,13 +196,10 @@ def run(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..measuring.bench_output import chart_unavailable, print_table, write_all
-    from ..measuring.benchmark import SCENARIOS, bench_model, steps_per_engine
+    from ..measuring.benchmark import bench_model, steps_per_engine
 
     console = Console(stderr=True, force_terminal=True if _output.FORCE_PROGRESS else None)
-    scenarios = csv_list(args.scenarios)
-    unknown = sorted(set(scenarios) - set(SCENARIOS))
-    if unknown:
-        raise UsageError(f"--scenarios: unknown {', '.join(unknown)}; choose from: {', '.join(SCENARIOS)}")
+    scenarios = _checked_scenarios(args)
     loaded, examples, backends, price = _what_to_bench(args)
     precisions = args.precisions
     per_engine = steps_per_engine(args.batch_sizes, scenarios)
@@ -189,7 +214,8 @@ def run(args) -> int:
                             measure_load=not args.no_load, verify=not args.no_verify, model_name=loaded.name,
                             on_step=on_step, on_result=on_result, p99_bound_ms=args.p99_bound_ms,
                             server_budget_s=args.server_budget, offline_workers=args.offline_workers,
-                            device=args.device, threads=args.threads, price_per_hour=price)
+                            device=args.device, threads=args.threads, price_per_hour=price, driver=args.driver,
+                            loadgen_logs=args.loadgen_logs)
     out, stem = args.out or "motorpool-bench", args.stem or "bench"
     if args.json:
         print(json.dumps(suite.to_dict(), indent=2, default=str))

@@ -2,7 +2,9 @@
 
 Compiles MODEL (or loads a saved engine directory with ``--engine``), measures it briefly for LoadGen's
 settings, runs each scenario under the real ``mlcommons-loadgen`` and prints LoadGen's own verdict
-(VALID/INVALID) beside its figures; ``--json`` writes them all. Needs ``pip install "motorpool[loadgen]"``."""
+(VALID/INVALID) beside its figures; ``--json`` writes them all. Needs ``pip install "motorpool[loadgen]"``.
+The one-engine view of the code ``motorpool bench`` runs under LoadGen (:mod:`motorpool.measuring.loadgen`);
+``bench`` adds backends x precisions x batch sizes."""
 
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8"),
                    help="precision to compile MODEL at (default fp32)")
     p.add_argument("--scenarios", default="SingleStream,Offline,Server",
-                   help="comma-separated: SingleStream, Offline, Server (default SingleStream,Offline,Server)")
+                   help="comma-separated: SingleStream, Offline, Server, or single_stream, offline, server "
+                   "(default SingleStream,Offline,Server)")
     p.add_argument("--min-duration-ms", type=int, default=1000, help="LoadGen's min_duration (default 1000 ms)")
     p.add_argument("--offline-batch", type=int, default=32, help="rows per engine call in Offline (default 32)")
     p.add_argument("--server-target-qps", type=float, default=None,
-                   help="Server's target QPS (default: half the measured throughput)")
+                   help="Server's target QPS (default: half the measured single-stream rate at batch 1 "
+                   "through the dynamic batcher)")
     p.add_argument("--server-latency-ms", type=float, default=None,
                    help="Server's target latency (default: from the measurement, at least 10 ms)")
     p.add_argument("--log-dir", default=None, help="keep LoadGen's logs here (default: a temporary directory)")
@@ -39,11 +43,10 @@ def run(args) -> int:
     from ..measuring import loadgen
     from .modelref import load_model
 
-    scenarios = csv_list(args.scenarios)
-    unknown = [s for s in scenarios if s not in loadgen.SCENARIOS]
-    if unknown:
-        print(f"error: unknown scenario(s) {', '.join(unknown)}; choose from: {', '.join(loadgen.SCENARIOS)}",
-              file=sys.stderr)
+    try:
+        scenarios = loadgen.scenario_names(csv_list(args.scenarios))
+    except ValueError as exc:
+        print(f"error: --{exc}", file=sys.stderr)
         return 2
     if bool(args.model) == bool(args.engine):
         print("error: give MODEL or --engine DIR (one of them)", file=sys.stderr)

@@ -16,6 +16,8 @@ from .cost import COST_KEY, PRICE_KEY
 
 COLUMNS = ("backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "stable", "offline /s", "server /s",
            "compile s", "load s", "1st call s", "peak RSS MiB", "artifact")
+#: the column a LoadGen-driven run adds: LoadGen's verdicts on the row's runs (Server's on an engine's first row)
+VERDICT_COLUMN = "LoadGen"
 #: the column a priced run adds (``motorpool bench --price-per-hour``): offline cost per 1000 inferences
 COST_COLUMN = "$/1000 offline"
 #: a narrow terminal (under WIDE columns) gets two tables: the figures per batch size, then per engine
@@ -23,6 +25,7 @@ WIDE = 130
 NARROW_FIGURES = {"backend": "backend", "precision": "prec", "batch": "batch", "p50 ms": "p50 ms",
                   "p99 ms": "p99 ms", "offline /s": "offline/s", "server /s": "server/s"}
 NARROW_COST = {COST_COLUMN: "$/1k off"}
+NARROW_VERDICT = {VERDICT_COLUMN: "LoadGen"}
 NARROW_ENGINE = {"backend": "backend", "precision": "prec", "compile s": "compile s", "load s": "load s",
                  "1st call s": "1st call s", "peak RSS MiB": "RSS MiB", "artifact": "artifact"}
 #: the mark on a latency whose median had not settled when the time budget ran out
@@ -62,9 +65,33 @@ def priced(suite: BenchSuite) -> float | None:
     return (suite.config or {}).get(PRICE_KEY)
 
 
+def by_loadgen(suite: BenchSuite) -> bool:
+    """Whether MLPerf LoadGen ran any engine's scenarios (so there are verdicts to show)."""
+    return any(r.driver == "loadgen" for r in suite.results)
+
+
 def columns(suite: BenchSuite) -> tuple[str, ...]:
-    """The table's columns: :data:`COLUMNS`, plus the offline cost per 1000 inferences when priced."""
-    return COLUMNS + (COST_COLUMN,) if priced(suite) else COLUMNS
+    """The table's columns: :data:`COLUMNS`, plus LoadGen's verdicts when it ran, plus the offline cost per
+    1000 inferences when priced."""
+    return (COLUMNS + ((VERDICT_COLUMN,) if by_loadgen(suite) else ())
+            + ((COST_COLUMN,) if priced(suite) else ()))
+
+
+def _runs(r: BenchResult, b) -> list[tuple[str, dict[str, Any]]]:
+    """(scenario, figures) of the LoadGen runs on ``b``'s row: its SingleStream and Offline, and on an engine's
+    first row its Server."""
+    pairs = [("SingleStream", b.single_stream), ("Offline", b.offline)]
+    if r.batches and b is r.batches[0]:
+        pairs.append(("Server", r.server))
+    return [(name, fig) for name, fig in pairs if fig and "verdict" in fig]
+
+
+def _verdict_cell(r: BenchResult, b) -> str:
+    runs = _runs(r, b)
+    invalid = [name for name, fig in runs if fig["verdict"] != "VALID"]
+    if not runs:
+        return "-"
+    return f"INVALID: {', '.join(invalid)}" if invalid else "VALID"
 
 
 def _cost(x: float | None) -> str:
@@ -74,11 +101,11 @@ def _cost(x: float | None) -> str:
 def rows(suite: BenchSuite) -> list[list[str]]:
     """The table's rows as strings: one per engine and batch size; engine-wide figures on its first row."""
     out = []
-    with_cost = bool(priced(suite))
+    with_cost, with_verdict = bool(priced(suite)), by_loadgen(suite)
     for r in suite.results:
         if r.status != "ok":
             out.append([r.backend, r.precision, "-", r.status, "", "", "", "", "", "", "", "", "", _short(r.reason)]
-                       + ([""] if with_cost else []))
+                       + [""] * (with_verdict + with_cost))
             continue
         for i, b in enumerate(r.batches):
             ss, off = b.single_stream or {}, b.offline or {}
@@ -86,12 +113,12 @@ def rows(suite: BenchSuite) -> list[list[str]]:
             out.append([
                 r.backend if first else "", r.precision if first else "", str(b.batch),
                 _lat(ss, "p50_ms"), _lat(ss, "p90_ms"), _lat(ss, "p99_ms"),
-                ("yes" if ss.get("stable") else "no") if ss else "-",
+                ("yes" if ss["stable"] else "no") if "stable" in ss else "-",  # LoadGen's runs: its verdict
                 f"{off['throughput_per_s']:.0f}" if off else "-", _server_rate(r) if first else "",
                 _s(r.compile_time_s) if first else "", _s(r.load_time_s) if first else "",
                 _s(r.first_call_s) if first else "", f"{r.peak_rss_mb:.0f}" if first and r.peak_rss_mb else "",
                 _size(r.artifact_bytes) if first else "",
-            ] + ([_cost(off.get(COST_KEY))] if with_cost else []))
+            ] + ([_verdict_cell(r, b)] if with_verdict else []) + ([_cost(off.get(COST_KEY))] if with_cost else []))
     return out
 
 
@@ -100,13 +127,36 @@ def _short(text: str, n: int = 90) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def driver_line(suite: BenchSuite) -> str:
+    """Who ran the scenarios: "mlperf_loadgen X.Y", or the built-in code and why."""
+    return f"scenarios run by: {(suite.config or {}).get('driver', 'built-in')}"
+
+
+def verdict_lines(suite: BenchSuite) -> list[str]:
+    """Each INVALID LoadGen run and why (the unmet constraints LoadGen named)."""
+    return [f"{r.label} batch {b.batch}: LoadGen {name} INVALID: {fig['reason'] or 'see its log'}"
+            for r in suite.results for b in r.batches for name, fig in _runs(r, b) if fig["verdict"] != "VALID"]
+
+
+def _loadgen_server_line(r: BenchResult, s: dict[str, Any]) -> str:
+    p99 = s.get("p99_ms")
+    return (f"{r.label}: server (LoadGen): {s['completed_per_s']:.0f} queries/s completed at a target of "
+            f"{s['target_qps']:.0f}/s ({s['settings']['server_target_qps_source']}), p99 "
+            f"{'-' if p99 is None else f'{p99:.3g}'} ms against {s['p99_bound_ms']:.3g} ms "
+            f"(dynamic batcher, max batch {s['max_batch_size']}, max delay {s['max_delay_ms']} ms): {s['verdict']}"
+            + (f" ({s['reason']})" if s["reason"] else "")
+            + (f"; ${s[COST_KEY]:.3g} per 1000 inferences at that rate" if s.get(COST_KEY) else ""))
+
+
 def server_lines(suite: BenchSuite) -> list[str]:
     lines = []
     for r in suite.results:
         s = r.server
         if not s:
             continue
-        if "skipped" in s:
+        if "verdict" in s:
+            lines.append(_loadgen_server_line(r, s))
+        elif "skipped" in s:
             lines.append(f"{r.label}: server scenario skipped: {s['skipped']}")
         elif s.get("max_rate_per_s") is None:
             lines.append(f"{r.label}: server: {s.get('note', 'no rate met the bound')}")
@@ -135,7 +185,7 @@ def notes(suite: BenchSuite) -> list[str]:
     return out
 
 
-_TEXT_COLUMNS = ("backend", "precision", "stable", "artifact")
+_TEXT_COLUMNS = ("backend", "precision", "stable", "artifact", VERDICT_COLUMN)
 
 
 def _table(title, caption, headers: dict[str, str], body: list[list[str]], all_columns=COLUMNS, **kw):
@@ -167,7 +217,8 @@ def narrow_tables(suite: BenchSuite) -> list:
     body = rows(suite)
     ok = [r for r in body if r[0] and r[3] not in ("failed", "unavailable")]
     cols = columns(suite)
-    figures = {**NARROW_FIGURES, **(NARROW_COST if priced(suite) else {})}
+    figures = {**NARROW_FIGURES, **(NARROW_VERDICT if by_loadgen(suite) else {}),
+               **(NARROW_COST if priced(suite) else {})}
     tables = [_table(f"motorpool bench: {suite.model}", None, figures, body, cols, box=box.SIMPLE_HEAD,
                      collapse_padding=True, pad_edge=False)]
     if ok:
@@ -192,7 +243,7 @@ def print_table(suite: BenchSuite, console=None) -> None:
         for r in suite.results:
             if r.status != "ok":
                 console.print(f"{r.label}: {r.status}: {_short(r.reason, 200)}", markup=False, highlight=False)
-    for line in server_lines(suite) + notes(suite):
+    for line in [driver_line(suite)] + server_lines(suite) + verdict_lines(suite) + notes(suite):
         console.print(line, markup=False, highlight=False)
 
 
@@ -226,16 +277,17 @@ def to_markdown(suite: BenchSuite) -> str:
              f"torch {suite.machine.get('torch')}, motorpool {suite.machine.get('motorpool')}",
              f"- scenarios: {', '.join(cfg.get('scenarios', []))}; batch sizes {cfg.get('batch_sizes')}; "
              f"time budget {cfg.get('time_budget_s')} s per scenario and batch size",
+             f"- {driver_line(suite)}",
              f"- measured {suite.created}"]
     if priced(suite):
         lines.append(f"- price ${priced(suite):g} per hour: cost per 1000 inferences = price / 3600 / throughput "
                      "x 1000")
     cols = columns(suite)
     lines += ["", "| " + " | ".join(cols) + " |",
-              "|" + "|".join("---" if c in ("backend", "precision", "stable") else "---:" for c in cols) + "|"]
+              "|" + "|".join("---" if c in ("backend", "precision", "stable", VERDICT_COLUMN) else "---:" for c in cols) + "|"]
     for row in rows(suite):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
-    extra = server_lines(suite) + notes(suite)
+    extra = server_lines(suite) + verdict_lines(suite) + notes(suite)
     if extra:
         lines.append("")
         lines += [f"- {x}" for x in extra]
@@ -371,6 +423,6 @@ def write_all(suite: BenchSuite, out_dir: str | Path, stem: str = "bench") -> di
     return paths
 
 
-__all__ = ["rows", "columns", "priced", "rich_table", "narrow_tables", "chart_unavailable", "print_table", "to_json",
+__all__ = ["rows", "columns", "priced", "by_loadgen", "driver_line", "verdict_lines", "rich_table", "narrow_tables", "chart_unavailable", "print_table", "to_json",
            "write_json", "to_markdown", "write_markdown", "plot",
            "write_all", "BenchResult", "BenchSuite"]

@@ -1,4 +1,5 @@
-"""Benchmarking engines: :func:`benchmark` measures one engine in the scenarios of :mod:`.scenarios`;
+"""Benchmarking engines: :func:`benchmark` measures one engine in the scenarios, run by MLPerf LoadGen or by
+the built-in code of :mod:`.scenarios` (``driver``, see :mod:`.drivers`);
 :func:`bench_model` compiles a model for backends x precisions and measures each, with compile time, load
 time, first-call time, peak resident memory and artifact size. Timings on a shared machine are noisy:
 compare figures measured side by side in one run."""
@@ -25,9 +26,19 @@ from ..plugin.registry import get_registry
 from ..plugin.spec import as_example_tuple
 from ..selection.dispatch import compile_model
 from .cost import annotate, check_price
-from .scenarios import (PeakRSS, StepCallback, inputs_at_batch, offline, server, single_stream)
+from .drivers import loadgen_batch, loadgen_server, resolve_driver
+from .loadgen import BUILTIN_NAMES, scenario_names
+from .scenarios import (PeakRSS, StepCallback, inputs_at_batch, offline, served_single_stream, server,
+                        single_stream)
 
 SCENARIOS = ("single_stream", "offline", "server")
+
+
+def bench_scenarios(names: Sequence[str]) -> list[str]:
+    """The scenarios' keys in the figures (:data:`SCENARIOS`) for ``names`` in either spelling
+    (``single_stream`` or LoadGen's ``SingleStream``); an unknown one is a ValueError naming the valid ones."""
+    key = {v: k for k, v in BUILTIN_NAMES.items()}
+    return [key[s] for s in scenario_names(names)]
 
 
 # -- results -----------------------------------------------------------------------------------------------
@@ -60,6 +71,7 @@ class BenchResult:
     status: str = "ok"  # "ok", "failed", "unavailable"
     reason: str = ""
     notes: list[str] = field(default_factory=list)
+    driver: str = "builtin"  # who ran the scenarios: "loadgen" or "builtin"
 
     @property
     def label(self) -> str:
@@ -136,18 +148,20 @@ def benchmark(engine: Any, inputs: Sequence[Any] | None = None, *, batch_sizes: 
               scenarios: Sequence[str] = ("single_stream", "offline"), time_budget_s: float = 2.0,
               warmup: int = 3, min_calls: int = 20, stability_tol: float = 0.05, offline_workers: int = 1,
               p99_bound_ms: float | None = None, server_budget_s: float | None = None,
-              server_max_batch: int | None = None, server_delay_ms: float = 2.0,
-              on_step: StepCallback | None = None) -> BenchResult:
+              server_max_batch: int | None = None, server_delay_ms: float = 2.0, driver: str = "builtin",
+              loadgen_logs: str | Path | None = None, on_step: StepCallback | None = None) -> BenchResult:
     """Measure ``engine`` in LoadGen's scenarios; see the module docstring.
 
     ``inputs``: what the engine is called with (their rows are reused for every batch size); fresh random
     inputs of its spec when omitted. ``batch_sizes`` defaults to the inputs' batch. ``time_budget_s`` is the
     budget of each scenario at each batch size. ``p99_bound_ms`` for the server scenario defaults to ten
-    times the single-stream p50 at batch 1 (at least 10 ms).
+    times the single-stream p50 at batch 1 (at least 10 ms; under LoadGen, its own default from the
+    measurement). ``driver``: "builtin", "loadgen" or "auto" (LoadGen where installed, see :mod:`.drivers`);
+    ``loadgen_logs`` keeps LoadGen's log files there (default: temporary folders, removed).
+    ``warmup``, ``min_calls``, ``stability_tol``, ``offline_workers`` and ``server_budget_s`` (the rate
+    search) are the built-in scenarios'.
     """
-    unknown = set(scenarios) - set(SCENARIOS)
-    if unknown:
-        raise ValueError(f"unknown scenario(s) {sorted(unknown)}; choose from: {', '.join(SCENARIOS)}")
+    scenarios = bench_scenarios(scenarios)
     spec = engine.input_spec
     if inputs is not None:
         inputs = tuple(inputs)
@@ -156,7 +170,8 @@ def benchmark(engine: Any, inputs: Sequence[Any] | None = None, *, batch_sizes: 
         batch_sizes = [inputs[0].shape[0] if inputs else spec.example_sizes.get("batch", 1)]
     if any(not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes: expected positive ints, got {list(batch_sizes)}")
-    result = BenchResult(engine.backend, engine.device, engine.precision,
+    use_loadgen = resolve_driver(driver).name == "loadgen"
+    result = BenchResult(engine.backend, engine.device, engine.precision, driver="loadgen" if use_loadgen else "builtin",
                          compile_time_s=engine.report.compile_time_s, load_time_s=engine.report.load_time_s)
     with PeakRSS() as rss:
         for b in batch_sizes:
@@ -167,26 +182,36 @@ def benchmark(engine: Any, inputs: Sequence[Any] | None = None, *, batch_sizes: 
             except UnsupportedError as exc:
                 fig.note = str(exc)
                 continue
-            if "single_stream" in scenarios:
-                fig.single_stream = single_stream(engine, x, budget_s=time_budget_s, warmup=warmup,
-                                                  min_calls=min_calls, stability_tol=stability_tol)
-                if on_step:
-                    on_step(f"single-stream batch {b}")
-            if "offline" in scenarios:
-                fig.offline = offline(engine, x, budget_s=time_budget_s, workers=offline_workers)
-                if on_step:
-                    on_step(f"offline batch {b}")
+            if use_loadgen:
+                figures = loadgen_batch(engine, inputs, b, scenarios, budget_s=time_budget_s, log_root=loadgen_logs)
+                fig.single_stream, fig.offline = figures.get("single_stream"), figures.get("offline")
+            else:
+                if "single_stream" in scenarios:
+                    fig.single_stream = single_stream(engine, x, budget_s=time_budget_s, warmup=warmup,
+                                                      min_calls=min_calls, stability_tol=stability_tol)
+                if "offline" in scenarios:
+                    fig.offline = offline(engine, x, budget_s=time_budget_s, workers=offline_workers)
+            if on_step:
+                for name in [s for s in ("single_stream", "offline") if s in scenarios]:
+                    on_step(f"{name.replace('_', '-')} batch {b}")
         if "server" in scenarios:
-            result.server = _server_scenario(engine, spec, inputs, result, p99_bound_ms=p99_bound_ms,
-                                             budget_s=server_budget_s or 5 * time_budget_s,
-                                             max_batch=server_max_batch or max(batch_sizes),
-                                             delay_ms=server_delay_ms, on_step=on_step)
+            max_batch = server_max_batch or max(batch_sizes)
+            if use_loadgen:
+                result.server = loadgen_server(engine, inputs, budget_s=time_budget_s, max_batch=max_batch,
+                                               delay_ms=server_delay_ms, p99_bound_ms=p99_bound_ms,
+                                               log_root=loadgen_logs)
+                if on_step:
+                    on_step(f"server (LoadGen) {result.server['verdict']}")
+            else:
+                result.server = _server_scenario(engine, spec, inputs, result, p99_bound_ms=p99_bound_ms,
+                                                 budget_s=server_budget_s or 5 * time_budget_s, max_batch=max_batch,
+                                                 delay_ms=server_delay_ms, on_step=on_step)
     result.peak_rss_mb = rss.peak_mb
     return result
 
 
 def _server_scenario(engine, spec, inputs, result: BenchResult, *, p99_bound_ms, budget_s, max_batch, delay_ms,
-                     on_step) -> dict[str, Any]:
+                     on_step, server_load: float = 0.5) -> dict[str, Any]:
     one = inputs_at_batch(spec, 1, inputs)
     base = result.figures(1)
     stream = base.single_stream if base and base.single_stream else single_stream(engine, one, budget_s=0.5)
@@ -194,10 +219,13 @@ def _server_scenario(engine, spec, inputs, result: BenchResult, *, p99_bound_ms,
     bound = p99_bound_ms if p99_bound_ms is not None else max(10.0, 10 * stream["p50_ms"])
     rows = max(64, max_batch)
     pool = inputs_at_batch(spec, rows, inputs, seed=1)
-    start = 0.5 * 1e3 / max(stream["p50_ms"], 1e-3)  # half of what one-at-a-time calls could sustain
+    served = served_single_stream(engine, one, budget_s=min(0.3, budget_s / 10))
+    start = server_load * served["throughput_per_s"]
     out = server(engine, pool, p99_bound_ms=bound, budget_s=budget_s, start_rate=start, max_batch_size=max_batch,
                  max_delay_ms=delay_ms, on_step=on_step)
     out["bound_source"] = "given" if p99_bound_ms is not None else "10 x single-stream p50 at batch 1 (min 10 ms)"
+    out["start_rate_per_s"] = start
+    out["start_source"] = f"{server_load:g} x the single-stream rate at batch 1 through the batcher"
     return out
 
 
@@ -227,7 +255,7 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
                 compile_options: dict[str, Any] | None = None, model_name: str = "model",
                 on_step: StepCallback | None = None, on_result: Callable[[BenchResult], None] | None = None,
                 device: str = "auto", threads: int | None = None, price_per_hour: float | None = None,
-                **bench_kwargs: Any) -> BenchSuite:
+                driver: str = "builtin", **bench_kwargs: Any) -> BenchSuite:
     """Compile ``model`` for every backend x precision and :func:`benchmark` each engine.
 
     Compiles bypass the artifact cache, so ``compile_time_s`` is a real compile. With ``measure_load`` each
@@ -237,9 +265,14 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
     many threads (torch's intra-op pool, and each backend's declared thread option: ONNX Runtime's
     ``intra_op_num_threads``, OpenVINO's ``num_threads``). ``price_per_hour`` (USD, this machine) adds the
     cost per 1000 inferences to every offline and server figure (see :mod:`motorpool.measuring.cost`).
+    ``driver`` ("builtin", "loadgen" or "auto") is resolved once; the suite's ``config["driver"]`` says which
+    ran ("mlperf_loadgen X.Y", or the built-in and why).
     """
+    # the scenario names, the driver and the price are checked before the minutes of measuring, not after
+    scenarios = bench_scenarios(scenarios)
+    chosen = resolve_driver(driver)
     if price_per_hour is not None:
-        check_price(price_per_hour)  # before the minutes of measuring, not after
+        check_price(price_per_hour)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads: expected a positive integer, got {threads!r}")
     saved_threads = torch.get_num_threads()
@@ -250,9 +283,11 @@ def bench_model(model: torch.nn.Module, example_inputs: Any, *, backends: Sequen
                            batch_sizes=batch_sizes, scenarios=scenarios, time_budget_s=time_budget_s,
                            measure_load=measure_load, verify=verify, calibration=calibration,
                            compile_options=compile_options, model_name=model_name, on_step=on_step,
-                           on_result=on_result, device=device, threads=threads, **bench_kwargs)
+                           on_result=on_result, device=device, threads=threads, driver=chosen.name,
+                           **bench_kwargs)
     finally:
         torch.set_num_threads(saved_threads)
+    suite.config["driver"] = chosen.description
     return annotate(suite, price_per_hour) if price_per_hour is not None else suite
 
 

@@ -9,11 +9,18 @@ Drives the real ``mlcommons-loadgen`` (``import mlperf_loadgen``; ``pip install 
   worker thread in batches of ``offline_batch`` rows; Server feeds each query to a
   :class:`motorpool.DynamicBatcher` and completes it from the batcher's thread when its rows come back;
 - settings from a short measurement first (``calibrate``): SingleStream's expected latency is the measured
-  batch-1 p50, Offline's expected QPS 1.5x (``offline_headroom``) the best measured throughput at
-  ``offline_batch``, Server's target QPS a
-  fraction (``server_load``) of the batched throughput, and its target latency a multiple of the batch-1
-  latency (never under 10 ms). Each can be given instead;
-- a short run: ``min_duration_ms`` (1 s by default, MLPerf's own is 600 s) and ``min_query_count``.
+  p50 of one sample's call, Offline's expected QPS 1.5x (``offline_headroom``) the best measured throughput at
+  ``offline_batch``, Server's target QPS a fraction (``server_load``, 0.5) of the single-stream rate at
+  batch 1 through the same dynamic batcher the Server SUT uses (a tiny model's engine call is far faster
+  than one query's trip through Python, so the engine's own rate would overrun the run), and its target
+  latency a multiple of the batch-1 latency (never under 10 ms). Each can be given instead;
+- a bounded run: ``min_duration_ms`` (1 s by default, MLPerf's own is 600 s); ``min_query_count`` by default
+  what the measured rate fits in that duration (at most 64), and ``max_duration_ms`` (3x min + 2 s) as the
+  safety stop, so each scenario lasts about ``min_duration_ms``; its wall time is recorded.
+
+A sample is one input of the QSL: batch-1 rows here, or whole batches when the caller's samples are batches
+(``motorpool bench`` at batch size b). LoadGen's logs go to ``log_dir``, or to a temporary folder removed
+once its summary is read.
 
 The figures come from LoadGen's summary (``mlperf_log_summary.txt``), parsed into :class:`ScenarioResult`:
 the verdict (``VALID``/``INVALID``) and why, samples per second, and the latency percentiles.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import statistics
 import tempfile
 import threading
@@ -39,9 +47,13 @@ from motorpool.plugin import MotorpoolError
 from motorpool.serving.dynamic_batcher import DynamicBatcher
 
 SCENARIOS = ("SingleStream", "Offline", "Server")
+#: LoadGen's scenario names by the built-in scenarios' names (``motorpool bench`` takes either)
+BUILTIN_NAMES = {"single_stream": "SingleStream", "offline": "Offline", "server": "Server"}
 EXTRA = "loadgen"
 FIX = f'pip install "motorpool[{EXTRA}]"'
 SUMMARY = "mlperf_log_summary.txt"
+#: the most queries a scenario asks for by default (fewer when the measured rate fits fewer in min_duration)
+MAX_DEFAULT_QUERIES = 64
 
 
 def loadgen_module():
@@ -53,14 +65,37 @@ def loadgen_module():
     return mlperf_loadgen
 
 
+def loadgen_version() -> str:
+    """The installed ``mlcommons-loadgen`` version ("?" when its metadata is missing); LoadGen must import."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    loadgen_module()
+    try:
+        return version("mlcommons-loadgen")
+    except PackageNotFoundError:
+        return "?"
+
+
+def scenario_names(names: Sequence[str]) -> list[str]:
+    """LoadGen's names for ``names``, which may be LoadGen's (``SingleStream``) or the built-in scenarios'
+    (``single_stream``), in any case; an unknown one is a ValueError naming the valid ones."""
+    by_lower = {s.lower(): s for s in SCENARIOS} | BUILTIN_NAMES
+    unknown = [n for n in names if n.lower() not in by_lower]
+    if unknown:
+        raise ValueError(f"scenarios: expected some of {', '.join(SCENARIOS)} (or {', '.join(BUILTIN_NAMES)}), "
+                         f"got {', '.join(map(repr, unknown))}")
+    return [by_lower[n.lower()] for n in names]
+
+
 @dataclass(frozen=True)
 class Calibration:
     """What a short measurement found before LoadGen runs: the source of its settings."""
 
-    latency_p50_ms: float        # one batch-1 call
+    latency_p50_ms: float        # one sample's call
     offline_batch: int
-    batch_latency_ms: float      # one call at offline_batch rows
-    throughput: float            # samples/s at offline_batch rows, from the best call
+    batch_latency_ms: float      # one call at offline_batch samples
+    throughput: float            # samples/s at offline_batch samples, from the best call
+    served_per_s: float | None = None  # one sample at a time through a DynamicBatcher (Server's path)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,20 +112,29 @@ class ScenarioResult:
     checks: dict[str, bool]                        # "Min duration satisfied", "Min queries satisfied", ...
     settings: dict[str, Any]                       # what LoadGen was told
     errors: int = 0                                # queries whose engine call raised
-    log_dir: str = ""
+    log_dir: str = ""                              # "" when the logs went to a removed temporary folder
+    seconds: float = 0.0                           # wall time of the LoadGen run
     summary: dict[str, str] = field(default_factory=dict)  # every "key : value" line of the summary
 
     @property
     def valid(self) -> bool:
         return self.verdict == "VALID"
 
+    @property
+    def reason(self) -> str:
+        """Why LoadGen said INVALID: the constraints it found unmet (and engine errors); "" when VALID."""
+        failed = [k.removesuffix("satisfied").strip() for k, ok in self.checks.items() if not ok]
+        parts = [f"not satisfied: {', '.join(failed)}"] if failed else []
+        if self.errors:
+            parts.append(f"{self.errors} queries failed")
+        return "; ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "reason": self.reason}
 
     def line(self) -> str:
         lat = self.latency_ms
-        failed = [k.removesuffix(" satisfied").strip() for k, ok in self.checks.items() if not ok]
-        why = f" (not satisfied: {', '.join(failed)})" if failed else ""
+        why = f" ({self.reason})" if self.reason else ""
         return (f"{self.scenario:<12} {self.verdict:<7} {self.samples_per_second:10.1f} samples/s   "
                 f"p50 {lat.get('p50', float('nan')):8.3f} ms   p90 {lat.get('p90', float('nan')):8.3f} ms   "
                 f"p99 {lat.get('p99', float('nan')):8.3f} ms{why}")
@@ -139,34 +183,41 @@ def figures_from_summary(scenario: str, summary: dict[str, str]) -> tuple[str, f
     return verdict, sps, latency, checks
 
 
-def calibrate(engine, samples: Sequence[tuple], *, offline_batch: int = 32, seconds: float = 0.3) -> Calibration:
-    """A short measurement: batch-1 latency (p50 over ``seconds``) and throughput at ``offline_batch``."""
+def calibrate(engine, samples: Sequence[tuple], *, offline_batch: int = 32, seconds: float = 0.3,
+              served: bool = True) -> Calibration:
+    """A short measurement: one sample's call (p50 over ``seconds``), throughput at ``offline_batch`` samples
+    per call and, with ``served``, the one-at-a-time rate through a DynamicBatcher (Server's target QPS)."""
+    from .scenarios import served_single_stream
+
     offline_batch = offline_batch if _dynamic_batch(engine) else 1
     with torch.inference_mode():
-        engine(*samples[0])  # warm
-        times: list[float] = []
-        deadline = time.perf_counter() + seconds
-        i = 0
-        while time.perf_counter() < deadline or len(times) < 5:
-            t0 = time.perf_counter()
-            engine(*samples[i % len(samples)])
-            times.append(time.perf_counter() - t0)
-            i += 1
-        batch = _concat([samples[j % len(samples)] for j in range(offline_batch)])
-        for _ in range(3):  # the first calls at a new batch size build its kernels
-            engine(*batch)
-        btimes: list[float] = []
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline or len(btimes) < 3:
-            t0 = time.perf_counter()
-            engine(*batch)
-            btimes.append(time.perf_counter() - t0)
-    p50 = statistics.median(times)
+        for _ in range(3):  # warm: the first calls at a new batch size build its kernels
+            engine(*samples[0])
+        times = _timed_calls(engine, [samples[i % len(samples)] for i in range(16)], seconds, at_least=5)
+        btimes = times
+        if offline_batch > 1:
+            batch = _concat([samples[j % len(samples)] for j in range(offline_batch)])
+            for _ in range(3):  # the first calls at a new batch size build its kernels
+                engine(*batch)
+            btimes = _timed_calls(engine, [batch], seconds, at_least=3)
+    rate = served_single_stream(engine, samples[0], budget_s=seconds)["throughput_per_s"] if served else None
     # Offline's sample count is expected QPS x duration: the best batch time, so a noisy machine errs on
     # a longer run (still VALID), not on one that ends before min_duration (INVALID)
-    best = min(btimes)
-    return Calibration(latency_p50_ms=p50 * 1e3, offline_batch=offline_batch,
-                       batch_latency_ms=statistics.median(btimes) * 1e3, throughput=offline_batch / best)
+    return Calibration(latency_p50_ms=statistics.median(times) * 1e3, offline_batch=offline_batch,
+                       batch_latency_ms=statistics.median(btimes) * 1e3, throughput=offline_batch / min(btimes),
+                       served_per_s=rate)
+
+
+def _timed_calls(engine, inputs: Sequence[tuple], seconds: float, *, at_least: int) -> list[float]:
+    """Seconds per call of ``engine`` on ``inputs`` in turn, for ``seconds`` and at least ``at_least`` calls."""
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < at_least:
+        x = inputs[len(times) % len(inputs)]
+        t0 = time.perf_counter()
+        engine(*x)
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def _dynamic_batch(engine) -> bool:
@@ -272,13 +323,14 @@ def _test_settings(lg: Any, scenario: str, calibration: Calibration, *, min_dura
     settings.scenario = getattr(lg.TestScenario, scenario)
     settings.mode = lg.TestMode.PerformanceOnly
     settings.min_duration_ms = int(min_duration_ms)
-    # A safety bound only: a run cut by it is INVALID, as it should be
-    settings.max_duration_ms = int(max_duration_ms or max(10 * min_duration_ms, min_duration_ms + 20_000))
-    told: dict[str, Any] = {"min_duration_ms": int(min_duration_ms)}
+    # A safety stop only: a run cut by it is INVALID, as it should be
+    settings.max_duration_ms = int(max_duration_ms or 3 * min_duration_ms + 2000)
+    told: dict[str, Any] = {"min_duration_ms": int(min_duration_ms), "max_duration_ms": settings.max_duration_ms}
+    seconds = min_duration_ms / 1e3
     if scenario == "SingleStream":
         settings.single_stream_expected_latency_ns = max(1, int(calibration.latency_p50_ms * 1e6))
         told["single_stream_expected_latency_ms"] = calibration.latency_p50_ms
-        count = 64 if min_query_count is None else min_query_count
+        count = _query_count(min_query_count, seconds * 1e3 / calibration.latency_p50_ms)
     elif scenario == "Offline":
         # LoadGen issues expected QPS x min_duration samples: headroom so a run on a noisy machine lasts
         # longer (still VALID) rather than ending before min_duration (INVALID)
@@ -288,29 +340,37 @@ def _test_settings(lg: Any, scenario: str, calibration: Calibration, *, min_dura
         told["offline_batch"] = calibration.offline_batch
         count = 1 if min_query_count is None else min_query_count
     else:
-        qps = server_target_qps or server_load * max(calibration.throughput, 1e3 / calibration.latency_p50_ms)
+        measured = calibration.served_per_s or 1e3 / calibration.latency_p50_ms
+        qps = server_target_qps or server_load * measured
         latency_ms = server_target_latency_ms or max(10.0, 20 * calibration.latency_p50_ms,
                                                      4 * calibration.batch_latency_ms * server_batch
                                                      / max(1, calibration.offline_batch))
         settings.server_target_qps = qps
         settings.server_target_latency_ns = int(latency_ms * 1e6)
-        told.update(server_target_qps=qps, server_target_latency_ms=latency_ms, server_batch=server_batch,
-                    server_delay_ms=server_delay_ms)
-        count = 64 if min_query_count is None else min_query_count
+        told.update(server_target_qps=qps, server_measured_per_s=measured,
+                    server_target_qps_source="given" if server_target_qps else
+                    f"{server_load:g} x the measured single-stream rate at batch 1 through the batcher",
+                    server_target_latency_ms=latency_ms, server_batch=server_batch, server_delay_ms=server_delay_ms)
+        count = _query_count(min_query_count, qps * seconds)
     settings.min_query_count = count
     told["min_query_count"] = count
     return settings, told
 
 
-def _log_settings(lg: Any, scenario: str, log_dir: str | Path | None) -> tuple[Any, Path]:
-    """LoadGen's LogSettings writing to ``log_dir`` (a fresh temporary folder when None), and that folder."""
-    outdir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"motorpool-loadgen-{scenario}-"))
+def _query_count(given: int | None, fits: float) -> int:
+    """``given``, or the queries the measured rate fits in min_duration (1 to MAX_DEFAULT_QUERIES): a slow
+    model then still ends near min_duration instead of waiting out a fixed count."""
+    return given if given is not None else max(1, min(MAX_DEFAULT_QUERIES, int(fits)))
+
+
+def _log_settings(lg: Any, outdir: Path) -> Any:
+    """LoadGen's LogSettings writing to ``outdir`` (created), never to the current directory."""
     outdir.mkdir(parents=True, exist_ok=True)
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = str(outdir)
     log_settings.log_output.copy_summary_to_stdout = False
     log_settings.enable_trace = False
-    return log_settings, outdir
+    return log_settings
 
 
 def _start_test(lg: Any, sut_impl: _SUT, sample_count: int, settings: Any, log_settings: Any) -> None:
@@ -332,8 +392,7 @@ def run_scenario(engine, scenario: str, *, samples: Sequence[tuple], calibration
                  server_batch: int = 8, server_delay_ms: float = 1.0, server_workers: int = 1,
                  offline_headroom: float = 1.5, log_dir: str | Path | None = None) -> ScenarioResult:
     """One LoadGen run of ``scenario`` (PerformanceOnly) over ``engine``; see the module docstring."""
-    if scenario not in SCENARIOS:
-        raise ValueError(f"scenario: expected one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    (scenario,) = scenario_names([scenario])
     if min_duration_ms < 1:
         raise ValueError(f"min_duration_ms: expected a positive number of milliseconds, got {min_duration_ms!r}")
     lg = loadgen_module()
@@ -342,20 +401,26 @@ def run_scenario(engine, scenario: str, *, samples: Sequence[tuple], calibration
         max_duration_ms=max_duration_ms, server_target_qps=server_target_qps,
         server_target_latency_ms=server_target_latency_ms, server_load=server_load, server_batch=server_batch,
         server_delay_ms=server_delay_ms, offline_headroom=offline_headroom)
-    log_settings, outdir = _log_settings(lg, scenario, log_dir)
-    sut_impl = _SUT(lg, engine, samples, scenario, offline_batch=calibration.offline_batch,
-                    server_batch=server_batch, server_delay_ms=server_delay_ms, server_workers=server_workers)
-    _start_test(lg, sut_impl, len(samples), settings, log_settings)
-    path = outdir / SUMMARY
-    if not path.is_file():
-        raise MotorpoolError(f"LoadGen wrote no {SUMMARY} in {outdir}")
-    summary = parse_summary(path.read_text(errors="replace"))
+    outdir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"motorpool-loadgen-{scenario}-"))
+    try:
+        sut_impl = _SUT(lg, engine, samples, scenario, offline_batch=calibration.offline_batch,
+                        server_batch=server_batch, server_delay_ms=server_delay_ms, server_workers=server_workers)
+        t0 = time.perf_counter()
+        _start_test(lg, sut_impl, len(samples), settings, _log_settings(lg, outdir))
+        seconds = time.perf_counter() - t0
+        path = outdir / SUMMARY
+        if not path.is_file():
+            raise MotorpoolError(f"LoadGen wrote no {SUMMARY} in {outdir}")
+        summary = parse_summary(path.read_text(errors="replace"))
+    finally:
+        if log_dir is None:
+            shutil.rmtree(outdir, ignore_errors=True)
     verdict, sps, latency, checks = figures_from_summary(scenario, summary)
     if sut_impl.first_error is not None:
         told["first_error"] = f"{type(sut_impl.first_error).__name__}: {sut_impl.first_error}"
     return ScenarioResult(scenario=scenario, verdict=verdict, samples_per_second=sps, latency_ms=latency,
-                          checks=checks, settings=told, errors=sut_impl.errors, log_dir=str(outdir),
-                          summary=summary)
+                          checks=checks, settings=told, errors=sut_impl.errors,
+                          log_dir="" if log_dir is None else str(outdir), seconds=seconds, summary=summary)
 
 
 def run_loadgen(engine, scenarios: Sequence[str] = SCENARIOS, *, sample_count: int = 256,
@@ -363,12 +428,11 @@ def run_loadgen(engine, scenarios: Sequence[str] = SCENARIOS, *, sample_count: i
                 seed: int = 0, log_dir: str | Path | None = None, **scenario_options: Any) -> dict[str, Any]:
     """Calibrate, then run each of ``scenarios`` under LoadGen. Returns ``{"calibration": Calibration,
     "results": {scenario: ScenarioResult}}``; ``scenario_options`` go to :func:`run_scenario`."""
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        raise ValueError(f"scenarios: expected some of {', '.join(SCENARIOS)}, got {', '.join(map(repr, unknown))}")
+    scenarios = scenario_names(scenarios)
     loadgen_module()
     samples = generate_samples(engine, sample_count, seed=seed)
-    cal = calibrate(engine, samples, offline_batch=offline_batch, seconds=calibrate_seconds)
+    cal = calibrate(engine, samples, offline_batch=offline_batch, seconds=calibrate_seconds,
+                    served="Server" in scenarios)
     results = {}
     for scenario in scenarios:
         sub = None if log_dir is None else Path(log_dir) / scenario
