@@ -107,8 +107,11 @@ def _held_out(names, precisions, gate: Gate, spec, calibration, options) -> Held
 
 
 def _int8_calibration(b: Backend, options, calibration, held: HeldOut | None) -> tuple[Any, str | None]:
-    """The calibration set ``b``'s int8 cell is given (None: it quantizes without one), or why it cannot run."""
-    if calibration is not None or held is None or not _calibrates(b, options):
+    """What ``b``'s int8 cell calibrates on (None: it quantizes without data), or why it cannot run. ``held``
+    exists whenever a cell calibrates and ``calibration`` is None (:func:`_held_out`)."""
+    if not _calibrates(b, options):
+        return None, None
+    if calibration is not None:
         return calibration, None
     if held.calibration is None:
         return None, f"no calibration data for static int8: {held.problem}"
