@@ -93,7 +93,8 @@ def auto_line(sel: dict[str, Any]) -> str:
 
 def candidate_figures(f: dict[str, Any]) -> str:
     """A candidate's figures in a few words: the side-by-side (run-off) timing when there was one, else its
-    timing, its speed-up over fp32 and its gate figure (``precision="auto"`` cells)."""
+    timing, its speed-up over fp32, its gate figure, its verification's cosine and what it calibrated on
+    (``precision="auto"`` cells)."""
     if not f:
         return ""
     parts = []
@@ -110,4 +111,11 @@ def candidate_figures(f: dict[str, Any]) -> str:
             text += f" (drop {drop:.4f}" + (f" {'<=' if g.get('passed') else '>'} {budget:g})" if budget is not None
                                            else ")")
         parts.append(text)
+    v = f.get("verification")
+    if isinstance(v, dict) and isinstance(v.get("min_cosine"), (int, float)):
+        parts.append(f"cosine {v['min_cosine']:.4f}")
+    c = f.get("calibration")
+    if isinstance(c, dict) and c.get("source"):
+        size = f"{c['samples']} samples" if c.get("samples") else f"{c.get('batches', '?')} batches"
+        parts.append(f"calibrated on {size} ({c['source']})")
     return ", ".join(parts)

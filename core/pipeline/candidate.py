@@ -18,12 +18,12 @@ from ..engine.engine import Engine
 from ..engine.fingerprint import model_fingerprint
 from ..engine.report import Report
 from ..plugin.contract import Availability, Backend, CompileOptions, check_options
-from ..plugin.errors import BackendUnavailable, CompileError, MotorpoolError, UnsupportedError
+from ..plugin.errors import BackendUnavailable, CompileError, GateError, MotorpoolError, UnsupportedError
 from ..plugin.helpers import flatten_outputs, host_device
 from ..plugin.registry import safe_availability
 from ..plugin.spec import InputSpec
 from .prepare import verification_inputs
-from .verify import compare, tolerance_for, verify
+from .verify import compare, summary, tolerance_for, verify
 
 
 def resolve_device(backend: Backend, av: Availability, device: str) -> str:
@@ -123,10 +123,21 @@ def compile_one(b: Backend, model: torch.nn.Module, examples: tuple, spec: Input
         engine.report.verification = verify(lambda inputs: _replay(next(stored)), engine_runner(engine), cases,
                                             precision, backend=b.name)
     if gate is not None:  # the task metric on the user's data: GateError (with the figure) over budget
-        gate.check_compiled(engine, model, backend=b.name)
+        _check_gate(gate, engine, model, b.name)
     if entry is not None and engine.report.load_time_s is None and engine.report.verification is not None:
         entry.store(engine)  # verified engines only: a failed verification raised above, verify=False stores none
     return engine
+
+
+def _check_gate(gate: Any, engine: Engine, model: torch.nn.Module, backend: str) -> None:
+    """The gate's check. A refusal carries the verification's figures beside the gate's, so the report row of
+    a candidate that failed its gate still says how close to eager PyTorch it came."""
+    try:
+        gate.check_compiled(engine, model, backend=backend)
+    except GateError as exc:
+        if engine.report.verification is not None:
+            exc.figures["verification"] = summary(engine.report.verification)
+        raise
 
 
 def _references(model: torch.nn.Module, cases) -> list[Any]:

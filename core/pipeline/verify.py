@@ -139,6 +139,16 @@ def _cosine(r: torch.Tensor, a: torch.Tensor) -> float:
     return float(torch.dot(r, a) / (nr * na))
 
 
+#: a verification's headline figures, the ones a report row carries
+SUMMARY_KEYS = ("passed", "min_cosine", "max_abs_err", "max_rel_err", "top1_agreement")
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a :func:`verify` result, for a report row; the per-check list stays on the
+    engine's own report (or the error's figures)."""
+    return {k: result.get(k) for k in SUMMARY_KEYS}
+
+
 def verify(reference: Callable[[list[torch.Tensor]], list[Any]], candidate: Callable[[list[Any]], list[Any]],
            cases: Sequence[tuple[str, list[torch.Tensor]]], precision: str, *, backend: str = "") -> dict[str, Any]:
     """Run every case through both; raise :class:`VerificationError` with the figures if any fails."""
