@@ -3,7 +3,6 @@ process too), side by side in the caller's process (the run-off, which always ho
 at the objective's batch; and its report names the figures it decided on."""
 
 import sys
-import time
 from pathlib import Path
 
 import pytest

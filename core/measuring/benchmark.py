@@ -22,7 +22,6 @@ from ..pipeline.candidate import reason
 from ..pipeline.threads import thread_options
 from ..plugin import hardware
 from ..plugin.errors import BackendUnavailable, UnsupportedError
-from ..plugin.registry import get_registry
 from ..plugin.spec import as_example_tuple
 from ..selection.dispatch import compile_model
 from .cost import annotate, check_price
