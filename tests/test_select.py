@@ -151,6 +151,8 @@ def test_decision_key_separates_what_changes_the_answer():
     assert key != decision_key(**{**base, "precision": "fp16"})
     assert key != decision_key(**{**base, "objective": "p99"})
     assert key != decision_key(**{**base, "hardware_fp": "hw2"})
+    assert key == decision_key(**base, threads=torch.get_num_threads())
+    assert key != decision_key(**base, threads=torch.get_num_threads() + 1)
     assert key != decision_key(**{**base, "spec": InputSpec.from_examples([torch.randn(8, 32)])})
     with torch.no_grad():
         model.net[0].weight[0, 0] += 1.0

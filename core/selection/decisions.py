@@ -3,7 +3,7 @@
 One JSON file per decision under ``$MOTORPOOL_CACHE/decisions`` (default: the user cache directory from
 platformdirs). A decision is found by a key built from the model's fingerprint (its class, structure and
 weights), the input spec (names, shapes, dtypes, example sizes), the precision, the device asked for, the
-objective and this machine's hardware fingerprint. It stays valid only while every backend it measured
+objective, this machine's hardware fingerprint and the process's thread count. It stays valid only while every backend it measured
 reports the same versions as when it was measured: upgrading onnxruntime makes it stale.
 
 Files are written atomically (a temp file renamed into place). A corrupt or unreadable file is ignored
@@ -38,9 +38,14 @@ def spec_key(spec: InputSpec) -> dict[str, Any]:
 
 
 def decision_key(*, model_fp: str, spec: InputSpec, precision: str, device: str, objective: str,
-                 hardware_fp: str | None = None) -> str:
+                 hardware_fp: str | None = None, threads: int | None = None) -> str:
+    """The key of a decision: what was measured, where, and with how many threads (``torch.get_num_threads()``
+    unless given): a winner at one thread need not win at eight, so a decision holds only for its own count."""
+    import torch
+
     payload = {"model": model_fp, "spec": spec_key(spec), "precision": precision, "device": device,
-               "objective": objective, "hardware": hardware_fp or hardware.fingerprint()}
+               "objective": objective, "hardware": hardware_fp or hardware.fingerprint(),
+               "threads": threads if threads is not None else torch.get_num_threads()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
