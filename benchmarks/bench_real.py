@@ -210,7 +210,7 @@ def _load_child(dirs: dict[str, str]) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                motorpool.load(path)
+                motorpool.load(path, trust_code=True)  # engines this run just saved, TorchScript's included
             out[name] = {"load_s": time.perf_counter() - t0}
         except Exception as exc:  # noqa: BLE001 - the reason goes in the table
             out[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"}
