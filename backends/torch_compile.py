@@ -25,7 +25,7 @@ import torch
 
 from motorpool.plugin import (INT8_OPTION, Availability, Backend, BackendRecord, Capabilities, CompileError,
                               CompileOptions, Option, Runner, TorchRunner, artifact_file, cache_root, detect_hardware,
-                              export_program, fp32_strict, hookimpl, place, prepare_torch_precision,
+                              export_program, fp32_strict, hookimpl, own_frame, place, prepare_torch_precision,
                               private_dir_problem, save_exported, torch_availability, torch_export_file_reasons)
 
 ARTIFACT = "model.pt2"
@@ -36,7 +36,7 @@ INDUCTOR_CACHE = "inductor_cache.bin"
 
 
 def _compile_and_warm(module: torch.nn.Module, spec, *, device: str, mode: str | None) -> Any:
-    compiled = torch.compile(module, backend="inductor", mode=mode)
+    compiled = torch.compile(own_frame(module), backend="inductor", mode=mode)  # a dynamo cache of its own
     sizes = {name: max(2, spec.example_sizes.get(name, 2)) for name in spec.dynamic_dims}
     warm = spec.random_inputs(sizes=sizes, device=device)
     for t, x in zip(spec.inputs, warm):

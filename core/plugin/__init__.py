@@ -22,7 +22,7 @@ from .errors import (ArtifactError, BackendUnavailable, CompileError, DuplicateB
                      InputError, MotorpoolError, OptionError, PluginError, PluginWarning, UnknownBackendError, UnsupportedError,
                      VerificationError)
 from .hardware import detect as detect_hardware
-from .helpers import (FlatOutputs, TorchRunner, capture_inputs, export_program, first_line, flatten_outputs,
+from .helpers import (FlatOutputs, TorchRunner, own_frame, capture_inputs, export_program, first_line, flatten_outputs,
                       fp32_strict, host_device, model_device, output_count, place, quiet_exporters, quiet_loggers,
                       save_exported, to_numpy, torch_availability, torch_devices)
 from .hookspecs import hookimpl
@@ -42,7 +42,7 @@ __all__ = [
     "MotorpoolError", "PluginError", "PluginWarning", "UnknownBackendError", "UnsupportedError", "VerificationError",
     "BATCH", "InputSpec", "TensorSpec", "torch_dtype", "detect_hardware",
     "BackendInfo", "Registry", "get_registry", "list_backends", "safe_availability",
-    "FlatOutputs", "TorchRunner", "capture_inputs", "export_program", "first_line", "flatten_outputs", "fp32_strict",
+    "FlatOutputs", "TorchRunner", "own_frame", "capture_inputs", "export_program", "first_line", "flatten_outputs", "fp32_strict",
     "host_device", "model_device", "output_count", "place", "quiet_exporters", "quiet_loggers", "save_exported",
     "to_numpy", "torch_availability", "torch_devices",
     "MAX_CALIBRATION_BATCHES", "calibration_batches", "calibration_feeds", "numpy_feeds",

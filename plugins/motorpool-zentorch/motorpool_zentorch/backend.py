@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from motorpool.plugin import (ArtifactError, Availability, Backend, Capabilities, CompileError, CompileOptions,
-                              Runner, Status, UnsupportedError)
+                              Runner, Status, UnsupportedError, own_frame)
 
 ARTIFACT = "model.pt2"
 FIX = 'pip install "motorpool-zentorch"  # brings the zentorch release that pairs with your torch'
@@ -96,7 +96,8 @@ def _compile(module, spec):
     import torch
     import zentorch  # noqa: F401 - importing registers the "zentorch" torch.compile backend
 
-    compiled = torch.compile(module, backend="zentorch")
+    # a dynamo cache of its own: engines of one model class would share one and, past its limit, run eager
+    compiled = torch.compile(own_frame(module), backend="zentorch")
     with torch.inference_mode():
         compiled(*_warm_inputs(spec))
         if spec.has_dynamic_batch:
