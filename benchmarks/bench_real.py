@@ -8,7 +8,8 @@ HF ResNet, wav2vec2; and the pretrained all-MiniLM-L6-v2 from the PyPI package `
 
 Per model, in this process:
 
-1. ``auto``: ``motorpool.compile(backend="auto")`` with an empty decision cache: the backend it picks;
+1. ``auto``: ``motorpool.compile(backend="auto", objective="p50@B")`` for each batch B, with an empty decision
+   cache: the backend it picks, how many it compiled, whether it timed a close call;
 2. every CPU backend compiled once (dynamic batch; ``compile s``), saved, and loaded again in a fresh
    process with an empty Inductor cache dir (``load s``: the ``motorpool.load`` call alone);
 3. ``fastest``: ``motorpool.select`` at each batch (objective ``p50@B``; ``--fastest-batches``): its pick;
@@ -251,6 +252,22 @@ def interleaved_p50(engines: dict, inputs: tuple, *, rounds: int, calls: int) ->
     return {n: statistics.median(t) * 1e3 for n, t in times.items()}
 
 
+def run_auto(model, examples, kw: dict, *, objective: str) -> dict:
+    """``compile(backend="auto", objective=...)``: its pick, how long it took, the model's kind, how many backends
+    it compiled and whether it timed a close call."""
+    import motorpool
+
+    t0 = time.perf_counter()
+    try:
+        auto = motorpool.compile(model, examples, backend="auto", cache=False, objective=objective, **kw)
+    except Exception as exc:  # noqa: BLE001 - the reason goes in the table
+        return {"auto": None, "auto_error": f"{type(exc).__name__}: {exc}"[:160]}
+    sel = auto.report.info.get("selection", {})
+    return {"auto": auto.backend, "auto_s": time.perf_counter() - t0, "auto_kind": sel.get("model", {}).get("kind"),
+            "auto_compiled": sum(c.status in ("chosen", "verified", "rejected") for c in auto.report.candidates),
+            "auto_timed": bool(sel.get("timed", {}).get("winner"))}
+
+
 def bench_model(name: str, args, tmp: Path) -> dict:
     import motorpool
 
@@ -258,20 +275,9 @@ def bench_model(name: str, args, tmp: Path) -> dict:
     res: dict = {"model": name, "desc": desc, "backends": {}, "batches": {}}
     examples = make(2)
     kw = {"dynamic_dims": dyn} if dyn else {}
-    # 1. auto, before anything is measured (an empty decision cache: its ranking alone)
-    t0 = time.perf_counter()
-    try:
-        auto = motorpool.compile(model, examples, backend="auto", cache=False, **kw)
-        res["auto"] = auto.backend
-        res["auto_s"] = time.perf_counter() - t0
-        sel = auto.report.info.get("selection", {})
-        res["auto_kind"] = sel.get("model", {}).get("kind")
-        res["auto_compiled"] = sum(c.status in ("chosen", "verified", "rejected") for c in auto.report.candidates)
-        res["auto_timed"] = bool(sel.get("timed", {}).get("winner"))
-        del auto
-    except Exception as exc:  # noqa: BLE001
-        res["auto"] = None
-        res["auto_error"] = f"{type(exc).__name__}: {exc}"[:160]
+    # 1. auto, before anything is measured (an empty decision cache: its ranking alone), per batch's objective
+    for batch in args.batches:
+        res["batches"][batch] = run_auto(model, examples, kw, objective=f"p50@{batch}")
     # 2. every backend compiled once, saved, loaded in a fresh process
     engines, dirs = {}, {}
     for b in args.backends:
@@ -298,7 +304,7 @@ def bench_model(name: str, args, tmp: Path) -> dict:
         res["backends"][b].update({"load_s": lr["load_s"]} if "load_s" in lr else {"load_error": lr["error"]})
     # 3. fastest, per batch
     for batch in args.batches:
-        entry: dict = {}
+        entry: dict = res["batches"][batch]
         if args.fastest and batch in args.fastest_batches:
             t0 = time.perf_counter()
             try:
@@ -308,7 +314,6 @@ def bench_model(name: str, args, tmp: Path) -> dict:
                 entry["fastest_s"] = time.perf_counter() - t0
             except Exception as exc:  # noqa: BLE001
                 entry["fastest_error"] = f"{type(exc).__name__}: {exc}"[:160]
-        res["batches"][batch] = entry
     # 4. afterwards: every engine timed, interleaved, at each batch
     for batch in args.batches:
         entry = res["batches"][batch]
@@ -319,7 +324,7 @@ def bench_model(name: str, args, tmp: Path) -> dict:
         best = min(p50, key=p50.get) if p50 else None
         entry["best"] = best
         for pick in ("auto", "fastest"):
-            chosen = res.get("auto") if pick == "auto" else entry.get("fastest")
+            chosen = entry.get(pick)
             if chosen in p50 and best:
                 entry[f"{pick}_regret"] = p50[chosen] / p50[best]
     return res
@@ -352,15 +357,17 @@ def print_table(results: list[dict], backends) -> None:
                     ratios[pick].append(e[f"{pick}_regret"])
             fastest = e.get("fastest") or ("err" if "fastest_error" in e else "-")
             print(f"{r['model']:<12} {batch:>5} " + " ".join(cells) +
-                  f"  {str(e.get('best')):<13} {str(r.get('auto')):<13} {_f(e.get('auto_regret'))}"
+                  f"  {str(e.get('best')):<13} {str(e.get('auto')):<13} {_f(e.get('auto_regret'))}"
                   f"  {fastest:<13} {_f(e.get('fastest_regret'))}")
     print()
-    print("== how auto chose (its compile at the example batch, with an empty decision cache) ==")
-    print(f"{'model':<12} {'kind':<12} {'pick':<13} {'compiled':>8} {'timed':>6} {'auto s':>7}")
+    print("== how auto chose (objective p50 at each batch, an empty decision cache) ==")
+    print(f"{'model':<12} {'batch':>5} {'kind':<12} {'pick':<13} {'compiled':>8} {'timed':>6} {'auto s':>7}")
     for r in results:
-        if "error" not in r and r.get("auto"):
-            print(f"{r['model']:<12} {str(r.get('auto_kind')):<12} {r['auto']:<13} {r.get('auto_compiled', 0):>8} "
-                  f"{'yes' if r.get('auto_timed') else 'no':>6} {r.get('auto_s', 0):7.1f}")
+        for batch, e in r.get("batches", {}).items():
+            if e.get("auto"):
+                print(f"{r['model']:<12} {batch:>5} {str(e.get('auto_kind')):<12} {e['auto']:<13} "
+                      f"{e.get('auto_compiled', 0):>8} {'yes' if e.get('auto_timed') else 'no':>6} "
+                      f"{e.get('auto_s', 0):7.1f}")
     print()
     print("== compile s / cold load s (fresh process, empty Inductor cache) ==")
     print(f"{'model':<12} " + " ".join(f"{b[:16]:>17}" for b in backends))
@@ -383,7 +390,8 @@ def print_table(results: list[dict], backends) -> None:
             print(f"{pick:<8} regret: geometric mean {gm:.3f}, worst {max(rs):.3f}, over {len(rs)} (model, batch) cells")
     errors = [(r["model"], b, row.get("error") or row.get("load_error")) for r in results if "error" not in r
               for b, row in r["backends"].items() if row.get("error") or row.get("load_error")]
-    errors += [(r["model"], "auto", r["auto_error"]) for r in results if r.get("auto_error")]
+    errors += [(r["model"], f"auto@{bt}", e["auto_error"]) for r in results if "error" not in r
+               for bt, e in r["batches"].items() if e.get("auto_error")]
     errors += [(r["model"], f"fastest@{bt}", e["fastest_error"]) for r in results if "error" not in r
                for bt, e in r["batches"].items() if e.get("fastest_error")]
     errors += [(r["model"], "-", r["error"]) for r in results if "error" in r]
