@@ -172,6 +172,23 @@ def test_a_close_call_is_timed_and_the_faster_kept(close_call):
     assert sel["decision"] == timed["decision"] and [c.backend for c in again.report.candidates] == ["prompt"]
 
 
+class EarlyBrokenBackend(fakes.BrokenBackend):
+    name = "early_broken"
+    capabilities = Capabilities(compile_cost="none", priority={"*": 2})
+
+
+def test_a_rival_that_fails_gives_way_to_the_next_close_one(close_call):
+    close_call.register(EarlyBrokenBackend)
+    model, inputs = zoo.ZOO["mlp"].build(batch=2)
+    engine = motorpool.compile(model, inputs, candidates=["laggard", "early_broken", "prompt"], cache=False,
+                               budget_s=0.3)
+    timed = engine.report.info["selection"]["timed"]
+    assert engine.backend == "prompt" and set(timed["figures"]) == {"laggard", "prompt"}
+    assert "early_broken did not compile: " in timed["why"]
+    assert {c.backend: c.status for c in engine.report.candidates} == {
+        "laggard": "verified", "early_broken": "rejected", "prompt": "chosen"}
+
+
 def test_no_timing_when_told_or_when_the_rival_fails(close_call):
     model, inputs = zoo.ZOO["mlp"].build(batch=2)
     engine = motorpool.compile(model, inputs, candidates=["laggard", "prompt"], cache=False, budget_s=0)

@@ -55,14 +55,13 @@ class Plan:
     key: str | None = None  # the decision-cache key of this model, spec, precision, device and objective
     device: str = "auto"
 
-    def close_call(self, first: str) -> str | None:
-        """The candidate after ``first`` when the declared ranking cannot tell them apart, or None."""
+    def rivals(self, first: str) -> list[str]:
+        """The candidates after ``first`` that the declared ranking cannot tell apart from it, in order: the
+        first of them that compiles is timed against it."""
         if self.ranking is None or self.measured or first not in self.order:
-            return None
+            return []
         rest = self.order[self.order.index(first) + 1:]
-        if not rest or self.ranking.clear_cut(first, rest[0]):
-            return None
-        return rest[0]
+        return [n for n in rest if not self.ranking.clear_cut(first, n)]
 
 
 def auto_plan(precision: str, *, spec: InputSpec, device: str, model: torch.nn.Module | None,
@@ -164,10 +163,10 @@ def compile_in_order(model: torch.nn.Module, examples: tuple, spec: InputSpec, t
         engine = attempt(name)
         if engine is None:
             continue
-        rival = plan.close_call(name)
+        rivals = plan.rivals(name)
         budget = AUTO_TIMING_BUDGET_S if budget_s is None else budget_s
-        if rival is not None and budget > 0:
-            engine = settle_close_call(engine, rival, attempt, tried, plan, Objective.parse(objective), budget)
+        if rivals and budget > 0:
+            engine = settle_close_call(engine, rivals, attempt, tried, plan, Objective.parse(objective), budget)
         engine.report.candidates = tried + plan.dropped
         if plan.note:
             engine.report.info["selection"] = plan.note
@@ -179,19 +178,26 @@ def compile_in_order(model: torch.nn.Module, examples: tuple, spec: InputSpec, t
                        "; ".join(f"{k}: {v}" for k, v in reasons.items()), reasons=reasons) from last_exc
 
 
-def settle_close_call(engine: Engine, rival: str, attempt, tried: list[Candidate], plan: Plan, obj: Objective,
-                      budget_s: float) -> Engine:
-    """Compile ``rival`` too, time both side by side for ``budget_s`` at the objective's batch, and return the
-    faster. The loser stays in the report as "verified", with its figures; so does a rival that failed."""
+def settle_close_call(engine: Engine, rivals: list[str], attempt, tried: list[Candidate], plan: Plan,
+                      obj: Objective, budget_s: float) -> Engine:
+    """Compile the first of ``rivals`` that works, time it beside ``engine`` for ``budget_s`` at the objective's
+    batch, and return the faster. The loser stays in the report as "verified", with its figures; a rival that
+    failed as "rejected" or "skipped", with its reason."""
     first = engine.report.backend
     ranks = {r["backend"]: r for r in plan.note.get("ranked", [])}
+    failed = []
+    for rival in rivals:
+        other = attempt(rival)
+        if other is not None:
+            break
+        failed.append(f"{rival} did not compile: {tried[-1].reason}")
+    else:
+        plan.note["timed"] = {"why": f"{', '.join(rivals)} ranked closer than {CLEAR_CUT} to {first}",
+                              "skipped": "; ".join(failed)}
+        return engine
     why = (f"{first} (rank {ranks[first]['rank']}, {ranks[first]['rule'] or 'no key'}) and {rival} "
            f"(rank {ranks[rival]['rank']}, {ranks[rival]['rule'] or 'no key'}) are ranked closer than "
-           f"{CLEAR_CUT}: timed side by side")
-    other = attempt(rival)
-    if other is None:
-        plan.note["timed"] = {"why": why, "skipped": f"{rival} did not compile: {tried[-1].reason}"}
-        return engine
+           f"{CLEAR_CUT}: timed side by side" + (f" ({'; '.join(failed)})" if failed else ""))
     engines = {first: engine, rival: other}
     inputs, batch = timing_inputs(engine.input_spec.with_device("cpu"), obj)
     calls = {name: (lambda e, xs: (lambda: e(*xs)))(e, [x.to(e.input_spec.device) for x in inputs])
