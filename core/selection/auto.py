@@ -98,16 +98,22 @@ def cached_decision(key: str) -> tuple[Decision | None, Path | None]:
     decision = decisions.get(key)
     if decision is None:
         return None, None
+    if decision.stale_because(current_versions(decision.versions)):
+        return None, None
+    return decision, decisions.path(key)
+
+
+def current_versions(names) -> dict[str, dict[str, str]]:
+    """The versions each of ``names`` reports now (the decision cache keys on these); a backend that is not
+    registered or not available here reports none."""
     reg = get_registry()
-    current = {}
-    for name in decision.versions:
+    out = {}
+    for name in names:
         if name in reg.names():
             av = safe_availability(reg.get(name))
             if av.available:
-                current[name] = Ranked(name, 0, availability=av).versions
-    if decision.stale_because(current):
-        return None, None
-    return decision, decisions.path(key)
+                out[name] = Ranked(name, 0, availability=av).versions
+    return out
 
 
 def plan_for(backend: str | Sequence[str], precision: str, *, spec: InputSpec, device: str = "auto",
@@ -224,8 +230,7 @@ def remember(plan: Plan, engine: Engine, figures: dict[str, dict[str, Any]], obj
     ``fastest`` over just these two may reuse it). A cache that cannot be written costs only that."""
     if plan.key is None:
         return None
-    reg = get_registry()
-    versions = {n: Ranked(n, 0, availability=safe_availability(reg.get(n))).versions for n in figures}
+    versions = current_versions(figures)
     ranking = sorted(({"backend": n, "score": obj.score(f), "device": engine.device, "figures": f,
                        "source": "auto: a close call timed side by side"} for n, f in figures.items()),
                      key=lambda m: m["score"])

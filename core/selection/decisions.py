@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 
 from ..plugin import hardware
 from ..plugin.paths import CacheWarning, cache_root, private_dir
@@ -41,8 +42,6 @@ def decision_key(*, model_fp: str, spec: InputSpec, precision: str, device: str,
                  hardware_fp: str | None = None, threads: int | None = None) -> str:
     """The key of a decision: what was measured, where, and with how many threads (``torch.get_num_threads()``
     unless given): a winner at one thread need not win at eight, so a decision holds only for its own count."""
-    import torch
-
     payload = {"model": model_fp, "spec": spec_key(spec), "precision": precision, "device": device,
                "objective": objective, "hardware": hardware_fp or hardware.fingerprint(),
                "threads": threads if threads is not None else torch.get_num_threads()}
